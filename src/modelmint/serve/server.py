@@ -1,0 +1,106 @@
+"""``run_server``: load the repository, bind, serve V2 over HTTP with uvicorn, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ..errors import MintError
+from .dataplane import DataPlane
+from .http import DEFAULT_MAX_REQUEST_BYTES, create_app
+
+log = logging.getLogger("modelmint.serve")
+
+
+class _Server(uvicorn.Server):
+    """Prints the one "ready" line only once the socket is actually being served."""
+
+    def __init__(self, config: uvicorn.Config, url: str, model_count: int) -> None:
+        super().__init__(config)
+        self.url = url
+        self.model_count = model_count
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            print(f"serving {self.model_count} model(s) on {self.url}", flush=True)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn: a busy port is a clear error instead of uvicorn's
+    ``sys.exit``, and port 0 (any free port) can be reported in the ready line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # says TCP, and without it a response written as header + body waits ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise MintError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    """Our logger reports skipped models at startup; give it a handler if nobody has."""
+    logger = logging.getLogger("modelmint")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+               log_level: str = "warning") -> None:
+    """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally."""
+    _configure_logging(log_level)
+    dataplane = DataPlane(repo)
+    try:
+        dataplane.load()  # before binding: a port that answers is a server that is ready
+        sock = bind_socket(host, http_port)
+        port = sock.getsockname()[1]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        app = create_app(dataplane, max_request_bytes)
+        config = uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                timeout_graceful_shutdown=10)
+        server = _Server(config, url, len(dataplane.models))
+        with _StopOnSignals(server):
+            server.run(sockets=[sock])
+        sock.close()
+    finally:
+        dataplane.close()
+
+
+class _StopOnSignals:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the
+    previous handler (KeyboardInterrupt, or death by SIGTERM). These handlers are that previous
+    handler: they stop the server, so a signal means "return normally" from run_server."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.saved: dict[int, Any] = {}
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.server.should_exit = True
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {sig: signal.signal(sig, self._stop) for sig in self._SIGNALS}
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)

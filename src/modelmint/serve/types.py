@@ -1,0 +1,109 @@
+"""Transport-neutral inference request/response types (KServe V2 / Open Inference Protocol).
+
+The HTTP codec (and later the gRPC adapter) turn wire formats into these objects and back; the
+data plane only ever sees these, so every transport gets identical validation and semantics.
+Tensor data is always a NumPy array already shaped like ``shape``; BYTES tensors are object
+arrays whose elements are ``bytes`` (any transport-level text encoding, such as base64 in JSON,
+has already been undone by the codec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput
+
+# V2 datatype -> NumPy dtype. Explicit little-endian because the binary tensor extension and
+# Triton define raw tensor bytes as little-endian regardless of the host.
+_NUMERIC: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+BYTES = "BYTES"
+DATATYPES: tuple[str, ...] = (*_NUMERIC, BYTES)
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The NumPy dtype for a V2 datatype (``object`` for BYTES); unknown names are a 400."""
+    if datatype == BYTES:
+        return np.dtype(np.object_)
+    try:
+        return _NUMERIC[datatype]
+    except KeyError:
+        raise InvalidInput(f"datatype {datatype!r} is not supported; expected one of "
+                           f"{', '.join(DATATYPES)}") from None
+
+
+def v2_datatype(dtype: np.dtype[Any]) -> str:
+    """The V2 datatype name for a NumPy dtype (object/bytes/str arrays are BYTES)."""
+    if dtype.kind in ("O", "S", "U"):
+        return BYTES
+    for name, candidate in _NUMERIC.items():
+        # Compare ignoring byte order: an output array in native order is still e.g. FP32.
+        if candidate.kind == dtype.kind and candidate.itemsize == dtype.itemsize:
+            return name
+    raise InvalidInput(f"numpy dtype {dtype} has no V2 datatype")
+
+
+def element_count(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+@dataclass
+class InferInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    id: str | None = None
+    inputs: list[InferInput] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)  # empty: the default output
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferOutput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str  # V2 versions are strings on the wire
+    id: str | None
+    outputs: list[InferOutput]
+
+    def output(self, name: str) -> InferOutput:
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        raise KeyError(name)

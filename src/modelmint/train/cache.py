@@ -1,0 +1,84 @@
+"""Frozen-prefix activations, computed once per image view and reused by every epoch.
+
+The prefix never trains, so running it again each epoch would only re-derive the same numbers:
+caching it makes an epoch ~5x cheaper on a CPU. Augmentation is therefore a fixed set of views
+(centre crop, its mirror image) rather than random crops per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.preprocess import ImageSpec, to_tensor
+
+VIEWS = {
+    "center": lambda im: im,
+    "hflip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+BATCH = 32
+
+
+@dataclass
+class ActivationCache:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    train_files: list[str]
+    val_files: list[str]
+    views: list[str]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.__dict__, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ActivationCache:
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+def run_prefix(prefix: nn.Module, crops: list[Image.Image], spec: ImageSpec,
+               tick: Callable[[int], None] | None = None) -> torch.Tensor:
+    prefix = prefix.eval().to(memory_format=torch.channels_last)  # ~2x faster on CPU
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(crops), BATCH):
+            batch = np.stack([to_tensor(c, spec) for c in crops[i:i + BATCH]])
+            x = torch.from_numpy(batch).to(memory_format=torch.channels_last)
+            chunks.append(prefix(x).contiguous())
+            if tick:
+                tick(len(batch))
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def build_cache(prefix: nn.Module, crops: dict[str, Image.Image], train: list[tuple[str, int]],
+                val: list[tuple[str, int]], spec: ImageSpec, views: list[str],
+                deadline: float | None = None,
+                tick: Callable[[int], None] | None = None) -> ActivationCache:
+    """Centre views of train and val first; each extra view only if the deadline allows."""
+    val_x = run_prefix(prefix, [crops[f] for f, _ in val], spec, tick)
+    started = time.monotonic()
+    train_x = [run_prefix(prefix, [crops[f] for f, _ in train], spec, tick)]
+    per_view = time.monotonic() - started
+    done = ["center"]
+    for view in views:
+        if view == "center":
+            continue
+        if deadline is not None and time.monotonic() + per_view > deadline:
+            break
+        train_x.append(run_prefix(prefix, [VIEWS[view](crops[f]) for f, _ in train], spec, tick))
+        done.append(view)
+    labels = torch.tensor([y for _, y in train], dtype=torch.long)
+    return ActivationCache(
+        train_x=torch.cat(train_x), train_y=labels.repeat(len(done)),
+        val_x=val_x, val_y=torch.tensor([y for _, y in val], dtype=torch.long),
+        train_files=[f for f, _ in train], val_files=[f for f, _ in val], views=done)

@@ -1,0 +1,91 @@
+"""Atomic publishing: a reader sees a whole version or none, and versions are never rewritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from modelmint.errors import InvalidInput, NotFound
+from modelmint.repository import METADATA_FILE, ModelRepository
+
+
+def fake_version(directory: Path, version: int) -> None:
+    (directory / "model.onnx").write_bytes(b"onnx")
+    (directory / METADATA_FILE).write_text(json.dumps({"version": version}))
+
+
+def test_versions_count_up_from_one(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    refs = [repo.publish("m", fake_version) for _ in range(3)]
+    assert [r.version for r in refs] == [1, 2, 3]
+    assert [r.version for r in repo.versions("m")] == [1, 2, 3]
+    assert repo.version("m").version == 3 and repo.version("m", 2).path == tmp_path / "m" / "2"
+    assert json.loads((tmp_path / "m" / "3" / METADATA_FILE).read_text())["version"] == 3
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    repo.publish("m", fake_version)
+
+    def broken(directory: Path, version: int) -> None:
+        fake_version(directory, version)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        repo.publish("m", broken)
+    assert [r.version for r in repo.versions("m")] == [1]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_killed_writer_leaves_no_visible_version(tmp_path: Path) -> None:
+    # The process dies mid-write (no cleanup can run): only a hidden temp dir may remain.
+    script = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from modelmint.repository import ModelRepository
+        def write(d, v):
+            (d / "model.onnx").write_bytes(b"half")
+            os._exit(9)
+        ModelRepository({str(tmp_path)!r}).publish("m", write)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == 9
+    repo = ModelRepository(tmp_path)
+    assert repo.versions("m") == [] and repo.models() == []
+    assert len(repo.stale_temp_dirs()) == 1
+    assert repo.publish("m", fake_version).version == 1
+
+
+def test_collision_takes_the_next_number(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+
+    def racing(directory: Path, version: int) -> None:
+        fake_version(directory, version)
+        # Another publisher wins the race for the same number while we write.
+        other = tmp_path / "m" / str(version)
+        other.mkdir()
+        fake_version(other, version)
+
+    ref = repo.publish("m", racing)
+    assert ref.version == 2
+    assert json.loads((ref.path / METADATA_FILE).read_text())["version"] == 2
+    assert json.loads((tmp_path / "m" / "1" / METADATA_FILE).read_text())["version"] == 1
+
+
+def test_names_and_lookups_are_checked(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    for bad in ("", "../x", "a b", ".hidden"):
+        with pytest.raises(InvalidInput, match="model name"):
+            repo.publish(bad, fake_version)
+    with pytest.raises(NotFound, match="no versions"):
+        repo.version("absent")
+    repo.publish("m", fake_version)
+    with pytest.raises(NotFound, match="no version 7"):
+        repo.version("m", 7)
+    assert not any(p.name.startswith(".tmp") for p in os.scandir(tmp_path / "m"))

@@ -1,0 +1,59 @@
+"""``run_server`` as a real process: the ready line, serving, clean exit on SIGTERM/SIGINT; and
+the serving side never imports torch."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVE = "import sys; from modelmint.serve import run_server; run_server(sys.argv[1], http_port=0)"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_server_ready_line_and_clean_shutdown(repo_root: Path, sig: signal.Signals) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(repo_root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"serving 1 model\(s\) on (http://127\.0\.0\.1:\d+)\n", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = match.group(1)
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{url}/v2/models/tiny").json()["versions"] == ["2"]
+        started = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_run_server_refuses_a_busy_port(repo_root: Path) -> None:
+    from modelmint.errors import MintError
+    from modelmint.serve import run_server
+    from modelmint.serve.server import bind_socket
+
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        with pytest.raises(MintError, match="cannot listen"):
+            run_server(repo_root, http_port=taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_serving_never_imports_torch() -> None:
+    code = ("import sys, modelmint.serve, modelmint.client; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, "importing modelmint.serve/client pulled in torch"

@@ -1,0 +1,94 @@
+"""Fixed-epoch runs are deterministic; Ctrl-C keeps a checkpoint and --resume finishes the run
+with exactly the weights an uninterrupted run would have."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path) -> Path:
+    """16 train and 8 val images per class: enough to train in seconds."""
+    root = tmp_path_factory.mktemp("subset")
+    for split, n in (("train", 16), ("val", 8)):
+        for c in ("ants", "bees"):
+            (root / split / c).mkdir(parents=True)
+            files = sorted(p for p in (hymenoptera / split / c).iterdir() if p.suffix == ".jpg")
+            for f in files[:n]:
+                shutil.copy(f, root / split / c / f.name)
+    return root
+
+
+def mint(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modelmint.cli", *args]
+
+
+def train_cmd(data: Path, base: Path, epochs: int = 3) -> list[str]:
+    return mint("train", str(data), "--name", "sub", "--repo", str(base / "models"),
+                "--runs-dir", str(base / "runs"), "--epochs", str(epochs), "--seed", "0", "--json")
+
+
+def weights(base: Path, version: int = 1) -> dict:
+    return load_file(str(base / "models" / "sub" / str(version) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(subset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted fixed-epoch run that the other runs must reproduce exactly."""
+    base = tmp_path_factory.mktemp("reference")
+    proc = subprocess.run(train_cmd(subset, base), capture_output=True, text=True, check=True)
+    return base, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fixed_epochs_with_seed_is_deterministic(subset: Path, tmp_path: Path,
+                                                 reference: tuple[Path, dict]) -> None:
+    proc = subprocess.run(train_cmd(subset, tmp_path), capture_output=True, text=True,
+                          check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["epochs"] == reference[1]["epochs"]
+    assert out["val_accuracy"] == reference[1]["val_accuracy"]
+    a, b = weights(reference[0]), weights(tmp_path)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Path,
+                                                     reference: tuple[Path, dict]) -> None:
+
+    base = tmp_path / "cut"
+    proc = subprocess.Popen(train_cmd(subset, base), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = base / "runs" / "sub-1" / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and '"stage": "finetune"' in log.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "mint train --resume" in err
+    run_dir = base / "runs" / "sub-1"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "checkpoint.pt").exists()
+    assert not (base / "models" / "sub").exists() or not any((base / "models" / "sub").iterdir())
+
+    resumed = subprocess.run(mint("train", "--resume", str(run_dir), "--json"),
+                             capture_output=True, text=True, check=True)
+    result = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert result["version"] == 1
+    a, b = weights(reference[0]), weights(base)
+    assert all((a[k] == b[k]).all() for k in a), "resumed weights differ from an uninterrupted run"
+
+    again = subprocess.run(mint("train", "--resume", str(run_dir)), capture_output=True,
+                           text=True)
+    assert again.returncode == 2 and "already published" in again.stderr
