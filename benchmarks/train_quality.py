@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import foreign_cpu_seconds, own_tree, summary
 from rich.console import Console
 from rich.table import Table
+
+from _common import foreign_cpu_seconds, own_tree, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

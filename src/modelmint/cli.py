@@ -30,8 +30,8 @@ def _emit_json(obj: Any) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Path | None, typer.Argument(help="Data folder: <class>/* or train|val/<class>/*")]
-    = None,
+    data: Annotated[Path | None, typer.Argument(
+        help="Data folder: <class>/* or train|val/<class>/*")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the repository.")] = None,
     repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
     budget: Annotated[float | None, typer.Option(
@@ -165,7 +165,7 @@ def models(
 
     try:
         store = require_repo_dir(repo)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name in store.models():
             for ref in store.versions(name):
                 meta = ref.metadata()

@@ -69,7 +69,7 @@ def test_animated_gif_uses_first_frame() -> None:
     frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
-    r, g, b = open_image(buf.getvalue()).getpixel((10, 10))
+    r, _, b = open_image(buf.getvalue()).getpixel((10, 10))
     assert r > 200 and b < 50
 
 
@@ -81,7 +81,7 @@ def test_pixel_limit_refuses_before_decoding() -> None:
 
 @pytest.mark.parametrize("blob", [b"", b"not an image", encode(gradient(), "JPEG")[:200]])
 def test_garbage_is_a_decode_error_naming_the_source(blob: bytes) -> None:
-    with pytest.raises(ImageDecodeError, match="upload.jpg"):
+    with pytest.raises(ImageDecodeError, match=r"upload\.jpg"):
         preprocess(blob, name="upload.jpg")
 
 

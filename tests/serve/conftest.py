@@ -27,7 +27,8 @@ from modelmint.serve import create_app
 from modelmint.serve.server import bind_socket
 from modelmint.train.package import publish_model
 
-DATA = Path("/work/shared/data/hymenoptera")
+# Same location rule as tests/conftest.py: shared/ sits beside the repository checkout.
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera"
 LABELS = ["ants", "bees"]
 
 

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+
+from modelmint.serve import DataPlane, InferRequest, InferResponse, create_app
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +278,32 @@ def test_random_requests_never_500(http: httpx.Client, body: dict[str, Any],
     assert response.status_code in (200, 400), response.text
     if response.status_code == 400:
         assert list(response.json()) == ["error"]
+
+
+class _FaultyDataPlane(DataPlane):
+    """Fault injection: a bug inside the data plane (not a client error)."""
+
+    async def infer(self, model: str, version: int | None,
+                    request: InferRequest) -> InferResponse:
+        raise RuntimeError("secret internal detail")
+
+
+def test_unexpected_exception_is_a_bare_500_and_logged(
+        repo_root: Path, good: str, caplog: pytest.LogCaptureFixture,
+        serve_app: Callable[[Starlette], AbstractContextManager[str]]) -> None:
+    app = create_app(_FaultyDataPlane(repo_root, models=["tiny"]))
+    with caplog.at_level(logging.ERROR, logger="modelmint.serve"), serve_app(app) as url:
+        response = httpx.post(f"http://{url}/v2/models/tiny/infer", json=image_request(good))
+    message = assert_error(response, 500)
+    assert message == "internal server error"
+    assert "secret" not in response.text
+    assert "secret internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+def test_concurrent_requests(http: httpx.Client, image_bytes: list[bytes]) -> None:
+    bodies = [image_request(b64(image_bytes[i % len(image_bytes)])) for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda b: http.post("/v2/models/tiny/infer", json=b), bodies))
+    outputs = [r.json()["outputs"][0]["data"] for r in responses]
+    assert all(r.status_code == 200 for r in responses)
+    assert outputs[:6] == outputs[6:]  # same image, same answer, whatever the interleaving

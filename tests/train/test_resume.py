@@ -74,7 +74,7 @@ def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Pat
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "mint train --resume" in err
     run_dir = base / "runs" / "sub-1"

@@ -67,7 +67,7 @@ def open_image(source: bytes | str | Path, spec: ImageSpec | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # we enforce our own pixel limit below
             fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
-            img = Image.open(fp)
+            img: Image.Image = Image.open(fp)
             width, height = img.size
             if width * height > spec.max_pixels:
                 raise ImageDecodeError(
@@ -112,16 +112,17 @@ def resize_and_crop(img: Image.Image, spec: ImageSpec) -> Image.Image:
     size = (spec.resize, new_long) if width <= height else (new_long, spec.resize)
     img = img.resize(size, _RESAMPLE[spec.interpolation])
     width, height = img.size
-    top = int(round((height - spec.crop) / 2.0))
-    left = int(round((width - spec.crop) / 2.0))
+    top = round((height - spec.crop) / 2.0)
+    left = round((width - spec.crop) / 2.0)
     return img.crop((left, top, left + spec.crop, top + spec.crop))
 
 
 def to_tensor(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """8-bit RGB image → normalised FP32 CHW array."""
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    normalised: np.ndarray = (pixels - mean) / std
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
 def preprocess(source: bytes | str | Path | Image.Image, spec: ImageSpec | None = None,

@@ -63,10 +63,12 @@ class Classifier(nn.Module):
         self.prefix, self.tail, self.head = prefix, tail, head
 
     def pooled(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.tail(activations).mean(dim=(2, 3))
+        pooled: torch.Tensor = self.tail(activations).mean(dim=(2, 3))
+        return pooled
 
     def from_activations(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(activations))
+        logits: torch.Tensor = self.head(self.pooled(activations))
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_activations(self.prefix(x))

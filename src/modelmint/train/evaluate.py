@@ -28,7 +28,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[st
          "score": float(probs[i, y_pred[i]])}
         for i in np.flatnonzero(y_pred != y_true)
     ]
-    errors.sort(key=lambda e: -e["score"])  # the most confident mistakes first
+    errors.sort(key=lambda e: -float(e["score"]))  # type: ignore[arg-type]  # the most confident mistakes first
     n = len(y_true)
     return {
         "accuracy": float((y_pred == y_true).mean()) if n else 0.0,
