@@ -6,14 +6,24 @@ import gzip
 import json
 import re
 import struct
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelmint.errors import InvalidInput
-from modelmint.serve import InferOutput, InferRequest, InferResponse, RequestedOutput
+from modelmint.serve import (
+    DataPlane,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+)
 from modelmint.serve.codec import decode_request, encode_response, serialize_bytes
 
 
@@ -50,6 +60,15 @@ def test_json_element_types_are_checked(datatype: str, data: list[object],
                                         fragment: str) -> None:
     with pytest.raises(InvalidInput, match=re.escape(fragment)):
         decode({"inputs": [tensor("x", datatype, [2], data=data)]})
+
+
+@pytest.mark.parametrize("shape", [[0, 10**30], [0, 2**40, 2**40], [1] * 70])
+def test_absurd_shapes_are_400(shape: list[int]) -> None:
+    with pytest.raises(InvalidInput, match="too large"):
+        decode({"inputs": [tensor("x", "FP32", shape, data=[])]})
+    with pytest.raises(InvalidInput, match="too large"):
+        decode({"inputs": [tensor("x", "BYTES", shape,
+                                  parameters={"binary_data_size": 0})]}, b"")
 
 
 def test_json_integer_and_bool_tensors() -> None:
@@ -137,3 +156,36 @@ def test_gzip_bomb_is_413(small_limit_url: str) -> None:
     response = httpx.post(f"http://{small_limit_url}/v2/models/tiny/infer", content=b"xx",
                           headers={"Content-Encoding": "br"})
     assert response.status_code == 400
+
+
+_dims = st.integers(0, 3) | st.sampled_from([-1, 2**31, 2**62, 10**30])
+_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+            | st.text(max_size=4))
+_data = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=10)
+
+
+@pytest.fixture(scope="module")
+def plane(repo_root: Path) -> Iterator[DataPlane]:
+    dataplane = DataPlane(repo_root, models=["tiny"])
+    dataplane.load()
+    yield dataplane
+    dataplane.close()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(["input", "image", "x"]),
+       datatype=st.sampled_from(["FP32", "FP16", "INT8", "UINT64", "BOOL", "BYTES", "X"]),
+       shape=st.lists(_dims, max_size=5) | st.just([1] * 70), data=_data,
+       tail=st.none() | st.binary(max_size=24))
+def test_decoder_and_dataplane_only_raise_invalid_input(
+        plane: DataPlane, name: str, datatype: str, shape: list[int], data: object,
+        tail: bytes | None) -> None:
+    """Anything a client can put in one tensor is a 400 or an answer, never another error."""
+    fields: dict[str, object] = {"data": data} if tail is None else {
+        "parameters": {"binary_data_size": len(tail)}}
+    try:
+        request = decode({"inputs": [tensor(name, datatype, shape, **fields)]}, tail)
+        plane.infer_sync("tiny", None, request)
+    except InvalidInput:
+        pass

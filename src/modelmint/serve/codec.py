@@ -18,6 +18,7 @@ import binascii
 import json
 import struct
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,20 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BASE64_INPUTS: frozenset[str] = frozenset({"image"})
 
 _LEN = struct.Struct("<I")
+MAX_RANK = 32
+MAX_ELEMENTS = 2**48  # far above any body we accept, far below NumPy's intp limit
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Names the offending field in error messages: ``field 'inputs[0].shape' of input 'x'``."""
+
+    path: str
+    name: str | None = None
+
+    def __call__(self, sub: str = "") -> str:
+        text = f"field '{self.path}{sub}'"
+        return text if self.name is None else f"{text} of input {self.name!r}"
 
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
@@ -71,7 +86,7 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("field 'id': expected a string")
-    parameters = _object(doc.get("parameters"), "parameters")
+    parameters = _object(doc.get("parameters"), "field 'parameters'")
     if "binary_data_output" in parameters and not isinstance(
             parameters["binary_data_output"], bool):
         raise InvalidInput("field 'parameters.binary_data_output': expected true or false")
@@ -82,7 +97,7 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     offset = header_length if header_length is not None else len(body)
     inputs = []
     for i, raw in enumerate(raw_inputs):
-        tensor, offset = _decode_input(raw, f"inputs[{i}]", view, offset, header_length,
+        tensor, offset = _decode_input(raw, _Where(f"inputs[{i}]"), view, offset, header_length,
                                        base64_inputs)
         inputs.append(tensor)
     if offset != len(body):
@@ -92,53 +107,58 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     raw_outputs = doc.get("outputs", [])
     if not isinstance(raw_outputs, list):
         raise InvalidInput("field 'outputs': expected a list")
-    outputs = [_decode_output(raw, f"outputs[{i}]") for i, raw in enumerate(raw_outputs)]
+    outputs = [_decode_output(raw, _Where(f"outputs[{i}]")) for i, raw in enumerate(raw_outputs)]
     return InferRequest(id=request_id, inputs=inputs, outputs=outputs, parameters=parameters)
 
 
-def _decode_input(raw: Any, where: str, body: memoryview, offset: int,
+def _decode_input(raw: Any, where: _Where, body: memoryview, offset: int,
                   header_length: int | None, base64_inputs: Collection[str]
                   ) -> tuple[InferInput, int]:
     if not isinstance(raw, dict):
-        raise InvalidInput(f"field '{where}': expected an object")
+        raise InvalidInput(f"{where()}: expected an object")
     name = raw.get("name")
     if not isinstance(name, str):
-        raise InvalidInput(f"field '{where}.name': missing or not a string")
-    where = f"{where} ({name!r})"
+        raise InvalidInput(f"{where('.name')}: missing or not a string")
+    where = _Where(where.path, name)
     datatype = raw.get("datatype")
     if not isinstance(datatype, str):
-        raise InvalidInput(f"field '{where}.datatype': missing or not a string")
+        raise InvalidInput(f"{where('.datatype')}: missing or not a string")
     try:
         dtype = numpy_dtype(datatype)
     except InvalidInput as exc:
-        raise InvalidInput(f"field '{where}.datatype': {exc}") from None
+        raise InvalidInput(f"{where('.datatype')}: {exc}") from None
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"field '{where}.shape': expected a list of non-negative integers, "
+        raise InvalidInput(f"{where('.shape')}: expected a list of non-negative integers, "
                            f"got {_short(shape)}")
-    params = _object(raw.get("parameters"), f"{where}.parameters")
+    # NumPy cannot even describe these (it raises ValueError deep inside), so refuse them here.
+    sized = element_count([d for d in shape if d]) if shape else 1
+    if len(shape) > MAX_RANK or sized > MAX_ELEMENTS:
+        raise InvalidInput(f"{where('.shape')}: {_short(shape)} is too large (at most "
+                           f"{MAX_RANK} dimensions and {MAX_ELEMENTS} elements)")
+    params = _object(raw.get("parameters"), where(".parameters"))
     count = element_count(shape)
 
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"field '{where}.parameters.binary_data_size': expected a "
+            raise InvalidInput(f"{where('.parameters.binary_data_size')}: expected a "
                                "non-negative integer")
         if header_length is None:
-            raise InvalidInput(f"field '{where}.parameters.binary_data_size' is set but the "
+            raise InvalidInput(f"{where('.parameters.binary_data_size')} is set but the "
                                f"request has no {HEADER_LENGTH} header")
         if "data" in raw:
-            raise InvalidInput(f"field '{where}': give either 'data' or binary data, not both")
+            raise InvalidInput(f"{where()}: give either 'data' or binary data, not both")
         if offset + size > len(body):
-            raise InvalidInput(f"field '{where}.parameters.binary_data_size' is {size} but only "
+            raise InvalidInput(f"{where('.parameters.binary_data_size')} is {size} but only "
                                f"{len(body) - offset} bytes of binary data remain")
         blob = body[offset:offset + size]
         data = _from_binary(blob, datatype, dtype, shape, count, where)
         return InferInput(name, datatype, list(shape), data), offset + size
 
     if "data" not in raw:
-        raise InvalidInput(f"field '{where}.data': missing (and no binary_data_size parameter)")
+        raise InvalidInput(f"{where('.data')}: missing (and no binary_data_size parameter)")
     if datatype == BYTES:
         data = _bytes_from_json(raw["data"], shape, count, where, name in base64_inputs)
     else:
@@ -146,15 +166,15 @@ def _decode_input(raw: Any, where: str, body: memoryview, offset: int,
     return InferInput(name, datatype, list(shape), data), offset
 
 
-def _decode_output(raw: Any, where: str) -> RequestedOutput:
+def _decode_output(raw: Any, where: _Where) -> RequestedOutput:
     if not isinstance(raw, dict):
-        raise InvalidInput(f"field '{where}': expected an object")
+        raise InvalidInput(f"{where()}: expected an object")
     name = raw.get("name")
     if not isinstance(name, str):
-        raise InvalidInput(f"field '{where}.name': missing or not a string")
-    params = _object(raw.get("parameters"), f"{where}.parameters")
+        raise InvalidInput(f"{where('.name')}: missing or not a string")
+    params = _object(raw.get("parameters"), where(".parameters"))
     if "binary_data" in params and not isinstance(params["binary_data"], bool):
-        raise InvalidInput(f"field '{where}.parameters.binary_data': expected true or false")
+        raise InvalidInput(f"{where('.parameters.binary_data')}: expected true or false")
     return RequestedOutput(name, params)
 
 
@@ -162,20 +182,20 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidInput(f"field '{where}': expected an object")
+        raise InvalidInput(f"{where}: expected an object")
     return value
 
 
 # --- binary tensors ------------------------------------------------------------------------
 
 def _from_binary(blob: memoryview, datatype: str, dtype: np.dtype[Any], shape: list[int],
-                 count: int, where: str) -> np.ndarray:
+                 count: int, where: _Where) -> np.ndarray:
     if datatype == BYTES:
-        items = deserialize_bytes(blob, count, where)
+        items = deserialize_bytes(blob, count, where())
         return _object_array(items, shape)
     expected = count * dtype.itemsize
     if len(blob) != expected:
-        raise InvalidInput(f"field '{where}.parameters.binary_data_size' is {len(blob)} bytes "
+        raise InvalidInput(f"{where('.parameters.binary_data_size')} is {len(blob)} bytes "
                            f"but shape {shape} of {datatype} needs {expected}")
     # Copy: the body slice is read-only and may be unaligned for the element size.
     return np.frombuffer(blob, dtype=dtype).reshape(shape).copy()
@@ -188,20 +208,20 @@ def deserialize_bytes(blob: memoryview | bytes, count: int, where: str) -> list[
     pos = 0
     while pos < len(view):
         if len(items) == count:
-            raise InvalidInput(f"field '{where}': binary BYTES data holds more than the "
+            raise InvalidInput(f"{where}: binary BYTES data holds more than the "
                                f"{count} elements its shape says")
         if pos + 4 > len(view):
-            raise InvalidInput(f"field '{where}': binary BYTES element {len(items)} has a "
+            raise InvalidInput(f"{where}: binary BYTES element {len(items)} has a "
                                "truncated 4-byte length prefix")
         (size,) = _LEN.unpack_from(view, pos)
         pos += 4
         if pos + size > len(view):
-            raise InvalidInput(f"field '{where}': binary BYTES element {len(items)} claims "
+            raise InvalidInput(f"{where}: binary BYTES element {len(items)} claims "
                                f"{size} bytes but only {len(view) - pos} remain")
         items.append(bytes(view[pos:pos + size]))
         pos += size
     if len(items) != count:
-        raise InvalidInput(f"field '{where}': binary BYTES data holds {len(items)} elements, "
+        raise InvalidInput(f"{where}: binary BYTES data holds {len(items)} elements, "
                            f"shape says {count}")
     return items
 
@@ -223,10 +243,10 @@ def _object_array(items: list[bytes], shape: list[int]) -> np.ndarray:
 
 # --- JSON tensors -------------------------------------------------------------------------
 
-def _flatten(data: Any, where: str) -> list[Any]:
+def _flatten(data: Any, where: _Where) -> list[Any]:
     """Row-major flatten of arbitrarily nested lists, without recursion (deep input is cheap)."""
     if not isinstance(data, list):
-        raise InvalidInput(f"field '{where}.data': expected a list, got {_short(data)}")
+        raise InvalidInput(f"{where('.data')}: expected a list, got {_short(data)}")
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -240,20 +260,20 @@ def _flatten(data: Any, where: str) -> list[Any]:
     return out
 
 
-def _bytes_from_json(data: Any, shape: list[int], count: int, where: str,
+def _bytes_from_json(data: Any, shape: list[int], count: int, where: _Where,
                      is_base64: bool) -> np.ndarray:
     flat = _flatten(data, where)
     _check_count(len(flat), count, shape, where)
     items: list[bytes] = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
-            raise InvalidInput(f"field '{where}.data[{i}]': expected a string, got "
+            raise InvalidInput(f"{where(f'.data[{i}]')}: expected a string, got "
                                f"{_short(item)}")
         if is_base64:
             try:
                 items.append(base64.b64decode(item, validate=True))
             except (binascii.Error, ValueError) as exc:
-                raise InvalidInput(f"field '{where}.data[{i}]': not valid base64 "
+                raise InvalidInput(f"{where(f'.data[{i}]')}: not valid base64 "
                                    f"({_short(exc)})") from None
         else:
             items.append(item.encode("utf-8"))
@@ -261,9 +281,9 @@ def _bytes_from_json(data: Any, shape: list[int], count: int, where: str,
 
 
 def _numeric_from_json(data: Any, datatype: str, dtype: np.dtype[Any], shape: list[int],
-                       count: int, where: str) -> np.ndarray:
+                       count: int, where: _Where) -> np.ndarray:
     if not isinstance(data, list):
-        raise InvalidInput(f"field '{where}.data': expected a list, got {_short(data)}")
+        raise InvalidInput(f"{where('.data')}: expected a list, got {_short(data)}")
     # Fast path: NumPy infers a numeric array from a regular nested list in C; a ragged,
     # mixed-type or string-holding list falls back to the slow, element-naming check.
     try:
@@ -275,7 +295,7 @@ def _numeric_from_json(data: Any, datatype: str, dtype: np.dtype[Any], shape: li
         for i, item in enumerate(flat):
             if (isinstance(item, bool) and datatype != "BOOL") or not isinstance(
                     item, (bool, int, float)):
-                raise InvalidInput(f"field '{where}.data[{i}]': {datatype} needs "
+                raise InvalidInput(f"{where(f'.data[{i}]')}: {datatype} needs "
                                    f"{_kind(datatype)}, got {_short(item)}")
         try:
             arr = np.array(flat)
@@ -294,12 +314,12 @@ def _numeric_from_json(data: Any, datatype: str, dtype: np.dtype[Any], shape: li
             values = arr.tolist() if arr.dtype.kind == "O" else [arr.min(), arr.max()]
             low, high = int(min(values)), int(max(values))
             if low < info.min or high > info.max:
-                raise InvalidInput(f"field '{where}.data': values {low}..{high} are out of "
+                raise InvalidInput(f"{where('.data')}: values {low}..{high} are out of "
                                    f"range for {datatype}")
     else:
         ok = arr.dtype.kind in "iuf"
     if not ok:
-        raise InvalidInput(f"field '{where}.data': {datatype} needs {_kind(datatype)}")
+        raise InvalidInput(f"{where('.data')}: {datatype} needs {_kind(datatype)}")
     with np.errstate(over="ignore"):  # e.g. 1e300 as FP32 is inf, as in Triton's cast
         return arr.astype(dtype).reshape(shape)
 
@@ -312,9 +332,9 @@ def _kind(datatype: str) -> str:
     return "numbers"
 
 
-def _check_count(actual: int, expected: int, shape: list[int], where: str) -> None:
+def _check_count(actual: int, expected: int, shape: list[int], where: _Where) -> None:
     if actual != expected:
-        raise InvalidInput(f"field '{where}.data': has {actual} elements but shape {shape} "
+        raise InvalidInput(f"{where('.data')}: has {actual} elements but shape {shape} "
                            f"needs {expected}")
 
 
