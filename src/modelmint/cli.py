@@ -112,15 +112,19 @@ def check(
 def serve(
     repo: Annotated[Path, typer.Argument(help="Model repository to serve.")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="KServe V2 HTTP port.")] = 8000,
-    max_request_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")]
-    = 16 * 1024 * 1024,
+    http_port: Annotated[int, typer.Option(help="KServe V2 HTTP port (0: any free port).")]
+    = 8000,
+    grpc_port: Annotated[int, typer.Option(
+        help="KServe V2 gRPC port (0: any free port; -1: no gRPC).", min=-1)] = 8001,
+    max_request_bytes: Annotated[int, typer.Option(
+        help="Largest request body (HTTP) or message (gRPC) accepted.")] = 16 * 1024 * 1024,
 ) -> None:
-    """Serve the latest version of every model over KServe V2 HTTP."""
+    """Serve the latest version of every model over KServe V2 HTTP and gRPC."""
     from .serve import run_server
 
     try:
-        run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes)
+        run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
+                   grpc_port=None if grpc_port < 0 else grpc_port)
     except MintError as exc:
         _fail(exc)
 

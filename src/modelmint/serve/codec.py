@@ -16,14 +16,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInput
+from .tensors import (
+    Where,
+    check_count,
+    check_shape,
+    checked_dtype,
+    flatten,
+    numeric_tensor,
+    object_array,
+    serialize_bytes,
+    short,
+    tensor_from_raw,
+    tensor_to_raw,
+)
 from .types import (
     BYTES,
     InferInput,
@@ -32,30 +43,16 @@ from .types import (
     InferResponse,
     RequestedOutput,
     element_count,
-    numpy_dtype,
 )
+
+# Re-exported: the codec's public surface predates the shared tensor helpers.
+__all__ = ["HEADER_LENGTH", "decode_request", "encode_response", "parse_header_length",
+           "serialize_bytes"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # JSON cannot carry raw bytes, so in JSON bodies these BYTES inputs hold base64 text. Binary
 # bodies (and gRPC) carry the raw bytes, which is why this is decided here and not in the model.
 BASE64_INPUTS: frozenset[str] = frozenset({"image"})
-
-_LEN = struct.Struct("<I")
-MAX_RANK = 32
-MAX_ELEMENTS = 2**48  # far above any body we accept, far below NumPy's intp limit
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Names the offending field in error messages: ``field 'inputs[0].shape' of input 'x'``."""
-
-    path: str
-    name: str | None = None
-
-    def __call__(self, sub: str = "") -> str:
-        text = f"field '{self.path}{sub}'"
-        return text if self.name is None else f"{text} of input {self.name!r}"
-
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
     """Validate the ``Inference-Header-Content-Length`` header against the body size."""
@@ -79,7 +76,7 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     try:
         doc = json.loads(bytes(json_part))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
-        raise InvalidInput(f"request body is not valid JSON ({_short(exc)})") from None
+        raise InvalidInput(f"request body is not valid JSON ({short(exc)})") from None
     if not isinstance(doc, dict):
         raise InvalidInput("request body: expected a JSON object with an 'inputs' list")
 
@@ -97,7 +94,7 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     offset = header_length if header_length is not None else len(body)
     inputs = []
     for i, raw in enumerate(raw_inputs):
-        tensor, offset = _decode_input(raw, _Where(f"inputs[{i}]"), view, offset, header_length,
+        tensor, offset = _decode_input(raw, Where(f"inputs[{i}]"), view, offset, header_length,
                                        base64_inputs)
         inputs.append(tensor)
     if offset != len(body):
@@ -107,11 +104,11 @@ def decode_request(body: bytes, header_length: int | None = None, *,
     raw_outputs = doc.get("outputs", [])
     if not isinstance(raw_outputs, list):
         raise InvalidInput("field 'outputs': expected a list")
-    outputs = [_decode_output(raw, _Where(f"outputs[{i}]")) for i, raw in enumerate(raw_outputs)]
+    outputs = [_decode_output(raw, Where(f"outputs[{i}]")) for i, raw in enumerate(raw_outputs)]
     return InferRequest(id=request_id, inputs=inputs, outputs=outputs, parameters=parameters)
 
 
-def _decode_input(raw: Any, where: _Where, body: memoryview, offset: int,
+def _decode_input(raw: Any, where: Where, body: memoryview, offset: int,
                   header_length: int | None, base64_inputs: Collection[str]
                   ) -> tuple[InferInput, int]:
     if not isinstance(raw, dict):
@@ -119,26 +116,13 @@ def _decode_input(raw: Any, where: _Where, body: memoryview, offset: int,
     name = raw.get("name")
     if not isinstance(name, str):
         raise InvalidInput(f"{where('.name')}: missing or not a string")
-    where = _Where(where.path, name)
+    where = Where(where.path, name)
     datatype = raw.get("datatype")
     if not isinstance(datatype, str):
         raise InvalidInput(f"{where('.datatype')}: missing or not a string")
-    try:
-        dtype = numpy_dtype(datatype)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{where('.datatype')}: {exc}") from None
-    shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"{where('.shape')}: expected a list of non-negative integers, "
-                           f"got {_short(shape)}")
-    # NumPy cannot even describe these (it raises ValueError deep inside), so refuse them here.
-    sized = element_count([d for d in shape if d]) if shape else 1
-    if len(shape) > MAX_RANK or sized > MAX_ELEMENTS:
-        raise InvalidInput(f"{where('.shape')}: {_short(shape)} is too large (at most "
-                           f"{MAX_RANK} dimensions and {MAX_ELEMENTS} elements)")
+    checked_dtype(datatype, where.field(".datatype"))
+    shape = check_shape(raw.get("shape"), where.field(".shape"))
     params = _object(raw.get("parameters"), where(".parameters"))
-    count = element_count(shape)
 
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -153,20 +137,19 @@ def _decode_input(raw: Any, where: _Where, body: memoryview, offset: int,
         if offset + size > len(body):
             raise InvalidInput(f"{where('.parameters.binary_data_size')} is {size} but only "
                                f"{len(body) - offset} bytes of binary data remain")
-        blob = body[offset:offset + size]
-        data = _from_binary(blob, datatype, dtype, shape, count, where)
-        return InferInput(name, datatype, list(shape), data), offset + size
+        data = tensor_from_raw(body[offset:offset + size], datatype, shape, where)
+        return InferInput(name, datatype, shape, data), offset + size
 
     if "data" not in raw:
         raise InvalidInput(f"{where('.data')}: missing (and no binary_data_size parameter)")
     if datatype == BYTES:
-        data = _bytes_from_json(raw["data"], shape, count, where, name in base64_inputs)
+        data = _bytes_from_json(raw["data"], shape, where.field(".data"), name in base64_inputs)
     else:
-        data = _numeric_from_json(raw["data"], datatype, dtype, shape, count, where)
-    return InferInput(name, datatype, list(shape), data), offset
+        data = numeric_tensor(raw["data"], datatype, shape, where.field(".data"))
+    return InferInput(name, datatype, shape, data), offset
 
 
-def _decode_output(raw: Any, where: _Where) -> RequestedOutput:
+def _decode_output(raw: Any, where: Where) -> RequestedOutput:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where()}: expected an object")
     name = raw.get("name")
@@ -186,161 +169,25 @@ def _object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-# --- binary tensors ------------------------------------------------------------------------
-
-def _from_binary(blob: memoryview, datatype: str, dtype: np.dtype[Any], shape: list[int],
-                 count: int, where: _Where) -> np.ndarray:
-    if datatype == BYTES:
-        items = deserialize_bytes(blob, count, where())
-        return _object_array(items, shape)
-    expected = count * dtype.itemsize
-    if len(blob) != expected:
-        raise InvalidInput(f"{where('.parameters.binary_data_size')} is {len(blob)} bytes "
-                           f"but shape {shape} of {datatype} needs {expected}")
-    # Copy: the body slice is read-only and may be unaligned for the element size.
-    return np.frombuffer(blob, dtype=dtype).reshape(shape).copy()
-
-
-def deserialize_bytes(blob: memoryview | bytes, count: int, where: str) -> list[bytes]:
-    """Length-prefixed BYTES elements; exactly ``count`` of them must fill ``blob``."""
-    view = memoryview(blob)
-    items: list[bytes] = []
-    pos = 0
-    while pos < len(view):
-        if len(items) == count:
-            raise InvalidInput(f"{where}: binary BYTES data holds more than the "
-                               f"{count} elements its shape says")
-        if pos + 4 > len(view):
-            raise InvalidInput(f"{where}: binary BYTES element {len(items)} has a "
-                               "truncated 4-byte length prefix")
-        (size,) = _LEN.unpack_from(view, pos)
-        pos += 4
-        if pos + size > len(view):
-            raise InvalidInput(f"{where}: binary BYTES element {len(items)} claims "
-                               f"{size} bytes but only {len(view) - pos} remain")
-        items.append(bytes(view[pos:pos + size]))
-        pos += size
-    if len(items) != count:
-        raise InvalidInput(f"{where}: binary BYTES data holds {len(items)} elements, "
-                           f"shape says {count}")
-    return items
-
-
-def serialize_bytes(data: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in data.ravel():
-        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(_LEN.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def _object_array(items: list[bytes], shape: list[int]) -> np.ndarray:
-    arr = np.empty(len(items), dtype=np.object_)
-    arr[:] = items  # element-wise: np.array(items) would make a fixed-width 'S' array
-    return arr.reshape(shape)
-
-
 # --- JSON tensors -------------------------------------------------------------------------
 
-def _flatten(data: Any, where: _Where) -> list[Any]:
-    """Row-major flatten of arbitrarily nested lists, without recursion (deep input is cheap)."""
-    if not isinstance(data, list):
-        raise InvalidInput(f"{where('.data')}: expected a list, got {_short(data)}")
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
-
-def _bytes_from_json(data: Any, shape: list[int], count: int, where: _Where,
-                     is_base64: bool) -> np.ndarray:
-    flat = _flatten(data, where)
-    _check_count(len(flat), count, shape, where)
+def _bytes_from_json(data: Any, shape: list[int], where: Where, is_base64: bool) -> np.ndarray:
+    flat = flatten(data, where)
+    check_count(len(flat), element_count(shape), shape, where)
     items: list[bytes] = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
-            raise InvalidInput(f"{where(f'.data[{i}]')}: expected a string, got "
-                               f"{_short(item)}")
+            raise InvalidInput(f"{where(f'[{i}]')}: expected a string, got "
+                               f"{short(item)}")
         if is_base64:
             try:
                 items.append(base64.b64decode(item, validate=True))
             except (binascii.Error, ValueError) as exc:
-                raise InvalidInput(f"{where(f'.data[{i}]')}: not valid base64 "
-                                   f"({_short(exc)})") from None
+                raise InvalidInput(f"{where(f'[{i}]')}: not valid base64 "
+                                   f"({short(exc)})") from None
         else:
             items.append(item.encode("utf-8"))
-    return _object_array(items, shape)
-
-
-def _numeric_from_json(data: Any, datatype: str, dtype: np.dtype[Any], shape: list[int],
-                       count: int, where: _Where) -> np.ndarray:
-    if not isinstance(data, list):
-        raise InvalidInput(f"{where('.data')}: expected a list, got {_short(data)}")
-    # Fast path: NumPy infers a numeric array from a regular nested list in C; a ragged,
-    # mixed-type or string-holding list falls back to the slow, element-naming check.
-    try:
-        arr = np.array(data)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        arr = np.array(None)
-    if arr.dtype.kind not in "biuf":
-        flat = _flatten(data, where)
-        for i, item in enumerate(flat):
-            if (isinstance(item, bool) and datatype != "BOOL") or not isinstance(
-                    item, (bool, int, float)):
-                raise InvalidInput(f"{where(f'.data[{i}]')}: {datatype} needs "
-                                   f"{_kind(datatype)}, got {_short(item)}")
-        try:
-            arr = np.array(flat)
-        except OverflowError:
-            arr = np.array(flat, dtype=np.object_)
-    arr = arr.reshape(-1)
-    _check_count(arr.size, count, shape, where)
-    if arr.size == 0:
-        return np.empty(shape, dtype)
-    if datatype == "BOOL":
-        ok = arr.dtype.kind == "b"
-    elif dtype.kind in "iu":
-        ok = arr.dtype.kind in "iuO"
-        if ok:
-            info = np.iinfo(dtype)
-            values = arr.tolist() if arr.dtype.kind == "O" else [arr.min(), arr.max()]
-            low, high = int(min(values)), int(max(values))
-            if low < info.min or high > info.max:
-                raise InvalidInput(f"{where('.data')}: values {low}..{high} are out of "
-                                   f"range for {datatype}")
-    else:
-        ok = arr.dtype.kind in "iuf"
-    if not ok:
-        raise InvalidInput(f"{where('.data')}: {datatype} needs {_kind(datatype)}")
-    with np.errstate(over="ignore"):  # e.g. 1e300 as FP32 is inf, as in Triton's cast
-        return arr.astype(dtype).reshape(shape)
-
-
-def _kind(datatype: str) -> str:
-    if datatype == "BOOL":
-        return "true/false values"
-    if datatype.startswith(("INT", "UINT")):
-        return "integers"
-    return "numbers"
-
-
-def _check_count(actual: int, expected: int, shape: list[int], where: _Where) -> None:
-    if actual != expected:
-        raise InvalidInput(f"{where('.data')}: has {actual} elements but shape {shape} "
-                           f"needs {expected}")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value) if not isinstance(value, Exception) else str(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return object_array(items, shape)
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -360,7 +207,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}
         if binary.get(out.name, default_binary):
-            raw = _to_binary(out)
+            raw = tensor_to_raw(out)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -371,12 +218,6 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
-
-
-def _to_binary(out: InferOutput) -> bytes:
-    if out.datatype == BYTES:
-        return serialize_bytes(out.data)
-    return np.ascontiguousarray(out.data, dtype=numpy_dtype(out.datatype)).tobytes()
 
 
 def _to_json(out: InferOutput) -> list[Any]:

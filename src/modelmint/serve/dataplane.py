@@ -13,6 +13,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import re
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ OUTPUT = "probabilities"
 # Bounds memory per request: a 16 MiB body of tiny PNGs would otherwise expand to tens of
 # GiB of FP32 tensors. Clients split larger jobs (the SDK sends 16 per request).
 DEFAULT_MAX_BATCH_SIZE = 64
+_VERSION = re.compile(r"[0-9]{1,18}")  # int() alone would also accept " 1", "1_0", "+1"
 
 
 def server_version() -> str:
@@ -53,6 +55,16 @@ def server_version() -> str:
         return importlib.metadata.version("modelmint")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def parse_version(text: str | None, where: str) -> int | None:
+    """A model version as it arrives on the wire (URL segment, gRPC field); None or "" means
+    the served version. ``where`` names the field for the error message."""
+    if not text:
+        return None
+    if not _VERSION.fullmatch(text):
+        raise InvalidInput(f"model version {text!r} {where} is not a non-negative integer")
+    return int(text)
 
 
 def _open_session(path: Path) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,12 +25,11 @@ from starlette.routing import Route
 from ..errors import InvalidInput, MintError, PayloadTooLarge
 from ..repository import ModelRepository
 from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
-from .dataplane import DataPlane
+from .dataplane import DataPlane, parse_version
 
 log = logging.getLogger("modelmint.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-_VERSION = re.compile(r"[0-9]{1,18}")  # int() alone would also accept " 1", "1_0", "+1"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -60,12 +58,7 @@ def _guard(endpoint: Endpoint) -> Endpoint:
 
 
 def _version(request: Request) -> int | None:
-    text = request.path_params.get("version")
-    if text is None:
-        return None
-    if not _VERSION.fullmatch(text):
-        raise InvalidInput(f"model version {text!r} in the URL path is not a non-negative integer")
-    return int(text)
+    return parse_version(request.path_params.get("version"), "in the URL path")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,7 +1,9 @@
-"""``run_server``: load the repository, bind, serve V2 over HTTP with uvicorn, stop cleanly."""
+"""``run_server``: load the repository, bind, serve V2 over HTTP (uvicorn) and gRPC (grpc.aio)
+from one process and one event loop, stop both cleanly on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -14,23 +16,48 @@ import uvicorn
 
 from ..errors import MintError
 from .dataplane import DataPlane
+from .grpc import GrpcServer
 from .http import DEFAULT_MAX_REQUEST_BYTES, create_app
 
 log = logging.getLogger("modelmint.serve")
 
 
-class _Server(uvicorn.Server):
-    """Prints the one "ready" line only once the socket is actually being served."""
+class ModelServer(uvicorn.Server):
+    """uvicorn serving the HTTP app, with the gRPC server (if any) on the same event loop.
 
-    def __init__(self, config: uvicorn.Config, url: str, model_count: int) -> None:
+    gRPC starts before HTTP (a busy gRPC port fails before anything is served), stops
+    alongside HTTP's graceful shutdown, and the one "ready" line is printed only once both
+    sockets are actually being served.
+    """
+
+    def __init__(self, config: uvicorn.Config, url: str, model_count: int,
+                 grpc: GrpcServer | None = None) -> None:
         super().__init__(config)
         self.url = url
         self.model_count = model_count
+        self.grpc = grpc
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.start()
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.grpc is not None:  # startup failed, or shutdown already stopped it
+                await self.grpc.stop()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
-            print(f"serving {self.model_count} model(s) on {self.url}", flush=True)
+            where = self.url if self.grpc is None else f"{self.url} and grpc://{self.grpc.address}"
+            print(f"serving {self.model_count} model(s) on {where}", flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Concurrently: each protocol's in-flight requests get their grace period at once.
+        if self.grpc is None:
+            await super().shutdown(sockets)
+            return
+        await asyncio.gather(super().shutdown(sockets), self.grpc.stop())
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -63,24 +90,42 @@ def _configure_logging(level: str) -> None:
 
 def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               log_level: str = "warning") -> None:
-    """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally."""
+               log_level: str = "warning", grpc_port: int | None = 8001) -> None:
+    """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally.
+
+    HTTP and (unless ``grpc_port`` is None) gRPC share one data plane; port 0 picks a free one.
+    """
     _configure_logging(log_level)
     dataplane = DataPlane(repo)
     try:
         dataplane.load()  # before binding: a port that answers is a server that is ready
-        sock = bind_socket(host, http_port)
-        port = sock.getsockname()[1]
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-        app = create_app(dataplane, max_request_bytes)
-        config = uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                timeout_graceful_shutdown=10)
-        server = _Server(config, url, len(dataplane.models))
-        with _StopOnSignals(server):
-            server.run(sockets=[sock])
-        sock.close()
+        server, sock = build_server(dataplane, host, http_port, grpc_port, max_request_bytes,
+                                    log_level)
+        try:
+            with _StopOnSignals(server):
+                server.run(sockets=[sock])
+        finally:
+            sock.close()
     finally:
         dataplane.close()
+
+
+def build_server(dataplane: DataPlane, host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int | None = 8001,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 log_level: str = "warning") -> tuple[ModelServer, socket.socket]:
+    """The server and its bound HTTP socket; ``server.run(sockets=[sock])`` serves both
+    protocols (the gRPC port is bound when it starts). The caller closes the socket."""
+    sock = bind_socket(host, http_port)
+    port = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    grpc = (None if grpc_port is None
+            else GrpcServer(dataplane, host, grpc_port, max_request_bytes))
+    app = create_app(dataplane, max_request_bytes)
+    # asyncio's own loop even if uvloop is installed: grpc.aio is built for asyncio's loop.
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", loop="asyncio",
+                            timeout_graceful_shutdown=10)
+    return ModelServer(config, url, len(dataplane.models), grpc), sock
 
 
 class _StopOnSignals:

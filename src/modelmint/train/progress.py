@@ -24,8 +24,8 @@ class RichReporter:
         self.console = console
         self.log_path = log_path
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description:<8}"), BarColumn(bar_width=16),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
             TextColumn("[dim]{task.fields[left]}"), console=console, transient=False,
         )
         self._task: TaskID | None = None
@@ -35,6 +35,7 @@ class RichReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._finish()
         self.progress.stop()
 
     def phase(self, description: str, total: int) -> None:
@@ -46,12 +47,12 @@ class RichReporter:
             self.progress.advance(self._task, n)
 
     def stage(self, name: str, total_epochs: int) -> None:
-        self.phase(f"{name} epochs", total_epochs)
+        self.phase(name, total_epochs)
 
     def epoch(self, record: dict[str, Any], seconds_left: float | None) -> None:
-        info = (f"loss {record['train_loss']:.3f}  val loss {record['val_loss']:.3f}  "
-                f"val acc {record['val_accuracy']:.1%}{' *' if record['best'] else ''}")
-        left = "" if seconds_left is None else f"{max(seconds_left, 0):.0f}s of budget left"
+        info = (f"loss {record['train_loss']:.3f} val {record['val_loss']:.3f} "
+                f"{record['val_accuracy']:.1%}{'*' if record['best'] else ' '}")
+        left = "" if seconds_left is None else f"{max(seconds_left, 0):.0f}s left"
         if self._task is not None:
             self.progress.update(self._task, advance=1, info=info, left=left)
         self.log(record)

@@ -122,7 +122,7 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
     try:
         with RichReporter(console, run_dir / "log.jsonl") as reporter:
             layout = discover(opts.data_root, seed=opts.seed)
-            reporter.phase("checking data", len(layout.samples))
+            reporter.phase("check", len(layout.samples))
             data = check_dataset(layout, info.spec, strict=opts.strict, keep_crops=True,
                                  progress=lambda i, n: reporter.advance())
             if not data.val:
@@ -138,7 +138,7 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
             if resuming and cache_path.exists():
                 cache = ActivationCache.load(cache_path)
             else:
-                reporter.phase("caching backbone activations",
+                reporter.phase("cache",
                                len(val_items) + len(train_items) * len(opts.views))
                 cache = build_cache(model.prefix, data.crops, train_items, val_items, info.spec,
                                     opts.views, deadline, tick=reporter.advance)
