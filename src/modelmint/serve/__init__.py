@@ -1,7 +1,8 @@
 """The model server: KServe V2 / Open Inference Protocol over one transport-neutral data plane.
 
-``create_app`` builds the HTTP app (Starlette), ``run_server`` serves it with uvicorn, and
-``DataPlane`` answers requests in-process (the SDK's no-server path). Never imports torch.
+``create_app`` builds the HTTP app (Starlette: V2 and TF Serving REST), ``run_server`` serves
+it with uvicorn and the V2 gRPC service (grpc.aio) on one event loop, and ``DataPlane`` answers
+requests in-process (the SDK's no-server path). Never imports torch.
 """
 
 from .dataplane import DataPlane, LoadedModel

@@ -1,8 +1,10 @@
-"""The one data plane behind every transport (HTTP today, gRPC later; the in-process client too).
+"""The one data plane behind every transport (HTTP V2 and TF Serving REST, gRPC; the in-process
+client too).
 
 It owns the loaded models and all request semantics: which inputs are accepted, validation,
 classification post-processing and every error message. Transports only translate wire formats
-(see :mod:`modelmint.serve.codec`) and map :class:`~modelmint.errors.MintError` to a status.
+(see :mod:`.codec`, :mod:`.tfserving`, :mod:`.grpc`) and map :class:`~modelmint.errors.MintError`
+to a status.
 
 This module must not import torch: a serving process needs only onnxruntime, Pillow and NumPy.
 """

@@ -206,6 +206,8 @@ class _Servicer:
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any
                          ) -> pb.ModelInferResponse:
         version = parse_version(request.model_version, "in field 'model_version'")
+        # Unknown/unready model first, whatever else is wrong, exactly as over HTTP.
+        self.dataplane.model(request.model_name, version)
         # Typed contents of a 16 MiB message are millions of Python values: off the loop.
         infer_request = await asyncio.to_thread(decode_request, request)
         result = await self.dataplane.infer(request.model_name, version, infer_request)

@@ -1,8 +1,11 @@
-"""The V2 HTTP/REST adapter: routes, body limits and error envelopes over the data plane.
+"""The HTTP/REST adapter: routes, body limits and error envelopes over the data plane, for
+KServe V2 (``/v2/...``) and TensorFlow Serving's REST API (``/v1/models/...``, see
+:mod:`.tfserving`).
 
-Nothing here knows about models or tensors: requests are decoded by :mod:`.codec`, answered by
-:class:`.dataplane.DataPlane`, and every failure becomes ``{"error": "..."}`` with the status
-its :class:`~modelmint.errors.MintError` carries. Unexpected exceptions are logged with their
+Nothing here knows about models or tensors: requests are decoded by :mod:`.codec` (or
+:mod:`.tfserving`), answered by :class:`.dataplane.DataPlane`, and every failure becomes
+``{"error": "..."}`` (TF Serving's envelope too) with the status its
+:class:`~modelmint.errors.MintError` carries. Unexpected exceptions are logged with their
 traceback here and answered with a bare 500, so no internals leak to clients.
 """
 
@@ -24,6 +27,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInput, MintError, PayloadTooLarge
 from ..repository import ModelRepository
+from . import tfserving
 from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
 from .dataplane import DataPlane, parse_version
 
@@ -149,6 +153,23 @@ class _Handlers:
         return Response(payload, media_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(json_length)})
 
+    # --- TensorFlow Serving REST: another wire format over the same data plane ---------------
+
+    async def tf_predict(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        version = _version(request)
+        # 404/503 before reading a large body; the signature maps unnamed values to inputs.
+        signature = self.dataplane.model_metadata(model, version)["inputs"]
+        body = await read_body(request, self.max_request_bytes)
+        infer_request, rows = await anyio.to_thread.run_sync(tfserving.decode_predict, body,
+                                                             signature)
+        result = await self.dataplane.infer(model, version, infer_request)
+        return JSONResponse(tfserving.encode_predict(result, rows))
+
+    async def tf_status(self, request: Request) -> Response:
+        loaded = self.dataplane.model(request.path_params["model"], _version(request))
+        return JSONResponse(tfserving.model_status(loaded.version))
+
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Routing errors (unknown path, wrong method) in the same envelope as everything else."""
@@ -194,6 +215,11 @@ def create_app(repo: str | Path | ModelRepository | DataPlane,
         Route(f"{version}/ready", _guard(h.model_ready), methods=["GET"]),
         Route(f"{model}/infer", _guard(h.infer), methods=["POST"]),
         Route(f"{version}/infer", _guard(h.infer), methods=["POST"]),
+        Route("/v1/models/{model}:predict", _guard(h.tf_predict), methods=["POST"]),
+        Route("/v1/models/{model}/versions/{version}:predict", _guard(h.tf_predict),
+              methods=["POST"]),
+        Route("/v1/models/{model}", _guard(h.tf_status), methods=["GET"]),
+        Route("/v1/models/{model}/versions/{version}", _guard(h.tf_status), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception})

@@ -1,6 +1,6 @@
 """Transport-neutral inference request/response types (KServe V2 / Open Inference Protocol).
 
-The HTTP codec (and later the gRPC adapter) turn wire formats into these objects and back; the
+The HTTP codecs and the gRPC adapter turn wire formats into these objects and back; the
 data plane only ever sees these, so every transport gets identical validation and semantics.
 Tensor data is always a NumPy array already shaped like ``shape``; BYTES tensors are object
 arrays whose elements are ``bytes`` (any transport-level text encoding, such as base64 in JSON,
