@@ -75,3 +75,21 @@ class TrainingInterrupted(MintError):
     def __init__(self, message: str, run_dir: str) -> None:
         super().__init__(message)
         self.run_dir = run_dir
+
+
+class ServerBusy(MintError):
+    """A bounded queue is full: the client should retry after ``retry_after`` seconds."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(MintError):
+    """The request's timeout (its own parameter, or the server default) expired."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"

@@ -1,5 +1,6 @@
 """The versioned model repository: ``REPO/<model>/<version>/``."""
 
+from .config import CONFIG_FILE, BatchingConfig, ModelConfig, VersionPolicy
 from .metadata import (
     METADATA_FILE,
     ONNX_FILE,
@@ -12,14 +13,18 @@ from .metadata import (
 from .store import ModelRepository, VersionRef, check_model_name, require_repo_dir
 
 __all__ = [
+    "CONFIG_FILE",
     "METADATA_FILE",
     "ONNX_FILE",
     "REPORT_FILE",
     "WARMUP_DIR",
     "WEIGHTS_FILE",
+    "BatchingConfig",
+    "ModelConfig",
     "ModelMetadata",
     "ModelRepository",
     "TensorSpec",
+    "VersionPolicy",
     "VersionRef",
     "check_model_name",
     "require_repo_dir",
