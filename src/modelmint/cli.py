@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MintError, TrainingInterrupted
+
+# Taken before torch is imported (commands import it lazily): --budget covers the whole command.
+COMMAND_STARTED = time.monotonic()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="modelmint: a folder of labelled data → a trained, evaluated, served model.")
@@ -54,7 +58,7 @@ def train(
     console = err_console if as_json else Console()
     try:
         if resume is not None:
-            result = resume_run(resume, console, budget=budget)
+            result = resume_run(resume, console, budget=budget, started=COMMAND_STARTED)
         else:
             if data is None or name is None:
                 raise MintError("mint train needs a DATA folder and --name (or --resume RUN_DIR)")
@@ -62,7 +66,8 @@ def train(
                 budget = 600.0
             result = train_run(TrainOptions(
                 data_root=str(data), name=name, repo=str(repo), runs_dir=str(runs_dir),
-                budget=budget, epochs=epochs, seed=seed, strict=strict), console)
+                budget=budget, epochs=epochs, seed=seed, strict=strict), console,
+                started=COMMAND_STARTED)
     except MintError as exc:
         _fail(exc)
         return
@@ -116,6 +121,8 @@ def serve(
     = 8000,
     grpc_port: Annotated[int, typer.Option(
         help="KServe V2 gRPC port (0: any free port; -1: no gRPC).", min=-1)] = 8001,
+    metrics_port: Annotated[int, typer.Option(
+        help="Prometheus /metrics port (0: any free port; -1: none).", min=-1)] = 8002,
     max_request_bytes: Annotated[int, typer.Option(
         help="Largest request body (HTTP) or message (gRPC) accepted.")] = 16 * 1024 * 1024,
 ) -> None:
@@ -124,7 +131,8 @@ def serve(
 
     try:
         run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
-                   grpc_port=None if grpc_port < 0 else grpc_port)
+                   grpc_port=None if grpc_port < 0 else grpc_port,
+                   metrics_port=None if metrics_port < 0 else metrics_port)
     except MintError as exc:
         _fail(exc)
 

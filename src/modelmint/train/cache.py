@@ -60,12 +60,35 @@ def run_prefix(prefix: nn.Module, crops: list[Image.Image], spec: ImageSpec,
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def stratified_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:
+    """The first ``n`` items when every class is walked through at its own pace, so a subset
+    keeps the class proportions (deterministic: no RNG)."""
+    if n >= len(items):
+        return items
+    counts: dict[int, int] = {}
+    for _, y in items:
+        counts[y] = counts.get(y, 0) + 1
+    seen: dict[int, int] = {}
+    keyed = []
+    for i, (f, y) in enumerate(items):
+        seen[y] = seen.get(y, 0) + 1
+        keyed.append(((seen[y] - 0.5) / counts[y], i, (f, y)))
+    return [item for _, _, item in sorted(keyed)[:n]]
+
+
 def build_cache(prefix: nn.Module, crops: dict[str, Image.Image], train: list[tuple[str, int]],
                 val: list[tuple[str, int]], spec: ImageSpec, views: list[str],
                 deadline: float | None = None,
                 tick: Callable[[int], None] | None = None) -> ActivationCache:
-    """Centre views of train and val first; each extra view only if the deadline allows."""
+    """Val first (evaluation must see all of it), then the centre view of as many training
+    images as the deadline allows (normally all), then each extra view if it still fits."""
+    started = time.monotonic()
     val_x = run_prefix(prefix, [crops[f] for f, _ in val], spec, tick)
+    if deadline is not None and val:
+        per_image = (time.monotonic() - started) / len(val)
+        fits = int((deadline - time.monotonic()) / max(per_image, 1e-6))
+        train = stratified_subset(train, max(fits, min(len(train), 2 * (max(
+            y for _, y in train) + 1))))
     started = time.monotonic()
     train_x = [run_prefix(prefix, [crops[f] for f, _ in train], spec, tick)]
     per_view = time.monotonic() - started

@@ -87,16 +87,19 @@ def _write_status(run_dir: Path, opts: TrainOptions, status: str, **extra: Any) 
     (run_dir / RUN_FILE).write_text(json.dumps(data, indent=2))
 
 
-def train(opts: TrainOptions, console: Console) -> TrainResult:
+def train(opts: TrainOptions, console: Console, started: float | None = None) -> TrainResult:
+    """``started``: a ``time.monotonic()`` taken when the command began (the CLI passes its own,
+    so the budget also covers interpreter start-up and importing torch)."""
     check_model_name(opts.name)
     if opts.backbone not in BACKBONES:
         raise DataError(f"--backbone {opts.backbone!r}: expected one of {sorted(BACKBONES)}")
     run_dir = new_run_dir(Path(opts.runs_dir), opts.name)
     _write_status(run_dir, opts, "running")
-    return _execute(opts, run_dir, console, resuming=False)
+    return _execute(opts, run_dir, console, resuming=False, started=started)
 
 
-def resume(run_dir: str | Path, console: Console, budget: float | None = None) -> TrainResult:
+def resume(run_dir: str | Path, console: Console, budget: float | None = None,
+           started: float | None = None) -> TrainResult:
     path = Path(run_dir)
     try:
         data = json.loads((path / RUN_FILE).read_text())
@@ -109,13 +112,15 @@ def resume(run_dir: str | Path, console: Console, budget: float | None = None) -
                         f"{data.get('version')}; start a new run instead")
     if budget is not None:
         opts.budget = budget
-    return _execute(opts, path, console, resuming=True)
+    return _execute(opts, path, console, resuming=True, started=started)
 
 
-def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool) -> TrainResult:
-    started = time.monotonic()
+def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool,
+             started: float | None = None) -> TrainResult:
+    started = time.monotonic() if started is None else started
+    budget_note = ""
     # Keep back what export, evaluation and publishing need, so the budget is a true ceiling.
-    reserve = max(4.0, 0.05 * opts.budget) if opts.budget else 0.0
+    reserve = max(5.0, 0.08 * opts.budget) if opts.budget else 0.0
     deadline = started + opts.budget - reserve if opts.budget else None
     torch.manual_seed(opts.seed)
     info = BACKBONES[opts.backbone]
@@ -143,6 +148,11 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
                 cache = build_cache(model.prefix, data.crops, train_items, val_items, info.spec,
                                     opts.views, deadline, tick=reporter.advance)
                 cache.save(cache_path)
+            if len(cache.train_files) < len(train_items):
+                budget_note = (f"budget: only {len(cache.train_files)} of {len(train_items)} "
+                               "training images fit in --budget; raise it to use them all")
+                kept = set(cache.train_files)
+                train_items = [item for item in train_items if item[0] in kept]
             trainer = Trainer(model, cache, opts.hyper, run_dir, opts.seed, opts.epochs,
                               deadline, reporter)
             if resuming and (run_dir / CHECKPOINT).exists():
@@ -184,8 +194,9 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
     ref = ModelRepository(opts.repo).publish(opts.name, write)
     seconds = round(time.monotonic() - started, 2)
     _write_status(run_dir, opts, "published", version=ref.version, seconds=seconds)
+    notes = [budget_note] if budget_note else []
     return TrainResult(opts.name, ref.version, report["accuracy"], seconds, state.epochs,
-                       data.skipped, _warnings(data), str(run_dir), full_report)
+                       data.skipped, [*notes, *_warnings(data)], str(run_dir), full_report)
 
 
 def _save_split(run_dir: Path, data: DataReport) -> None:
