@@ -92,3 +92,13 @@ def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Pat
     again = subprocess.run(mint("train", "--resume", str(run_dir)), capture_output=True,
                            text=True)
     assert again.returncode == 2 and "already published" in again.stderr
+
+
+def test_stratified_subset_keeps_proportions() -> None:
+    from modelmint.train.cache import stratified_subset
+
+    items = [(f"a{i}", 0) for i in range(30)] + [(f"b{i}", 1) for i in range(10)]
+    subset = stratified_subset(items, 8)
+    assert len(subset) == 8
+    assert sum(y == 0 for _, y in subset) == 6 and sum(y == 1 for _, y in subset) == 2
+    assert stratified_subset(items, 100) == items
