@@ -43,3 +43,38 @@ def own_tree(root_pid: int) -> set[int]:
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "spread": max(values) - min(values)}
+
+
+class ForeignCpu:
+    """CPU seconds used by processes not ours since construction: the machine's busy time
+    (/proc/stat, which cannot go backwards) minus our process tree's, reaped children included.
+
+    Summing foreign_cpu_seconds() twice undercounts when foreign processes exit meanwhile
+    (their CPU time vanishes from /proc), which can even make the difference negative.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._busy() - self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        me = os.times()  # children_*: descendants already waited for
+        tick = os.sysconf("SC_CLK_TCK")
+        live = 0.0
+        for pid in own_tree(os.getpid()) - {os.getpid()}:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime, stime, and cutime, cstime: their own children already reaped.
+            live += sum(int(x) for x in fields[11:15]) / tick
+        return me.user + me.system + me.children_user + me.children_system + live
+
+    def seconds(self) -> float:
+        return self._busy() - self._own() - self.start

@@ -125,14 +125,18 @@ def serve(
         help="Prometheus /metrics port (0: any free port; -1: none).", min=-1)] = 8002,
     max_request_bytes: Annotated[int, typer.Option(
         help="Largest request body (HTTP) or message (gRPC) accepted.")] = 16 * 1024 * 1024,
+    poll: Annotated[float, typer.Option(
+        help="Re-read the repository every SECONDS and hot-update changed models (0: only "
+             "via POST /v2/repository/models/NAME/load).", min=0)] = 0.0,
 ) -> None:
-    """Serve the latest version of every model over KServe V2 HTTP and gRPC."""
+    """Serve the versions each model's config.json selects over KServe V2 HTTP and gRPC."""
     from .serve import run_server
 
     try:
         run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
                    grpc_port=None if grpc_port < 0 else grpc_port,
-                   metrics_port=None if metrics_port < 0 else metrics_port)
+                   metrics_port=None if metrics_port < 0 else metrics_port,
+                   poll_interval_s=poll)
     except MintError as exc:
         _fail(exc)
 
@@ -202,6 +206,43 @@ def models(
 
 
 @app.command()
+def stats(
+    url: Annotated[str, typer.Argument(help="Server URL, e.g. http://127.0.0.1:8000")],
+    model: Annotated[list[str] | None, typer.Option(
+        help="Model to show (repeatable; default: every model the server lists).")] = None,
+    watch: Annotated[float | None, typer.Option(
+        help="Refresh every SECONDS until Ctrl-C.", min=0.1)] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Live p50/p90/p99/p999/max latency per model and version of a running server."""
+    from rich.live import Live
+
+    from .live_stats import fetch_stats, stats_table
+
+    try:
+        rows = fetch_stats(url, model)
+        if as_json:
+            _emit_json(rows)
+            return
+        console = Console()
+        if watch is None or not console.is_terminal:  # piped: one table per refresh
+            while True:
+                console.print(stats_table(rows, url))
+                if watch is None:
+                    return
+                time.sleep(watch)
+                rows = fetch_stats(url, model)
+        with Live(stats_table(rows, url), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(watch)
+                live.update(stats_table(fetch_stats(url, model), url), refresh=True)
+    except MintError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
 def demo(
     data: Annotated[Path, typer.Option(help="Sample data.")] = Path("../shared/data/hymenoptera"),
     repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
@@ -215,6 +256,37 @@ def demo(
         run_demo(data, repo, budget, rounds, Console())
     except MintError as exc:
         _fail(exc)
+
+
+@app.command()
+def optimize(
+    model_dir: Annotated[Path, typer.Argument(
+        help="REPO/<model> (its latest version) or REPO/<model>/<version>.")],
+    target: Annotated[str, typer.Option(help="Hardware to optimize for (cpu).")] = "cpu",
+    max_accuracy_drop: Annotated[float, typer.Option(
+        help="Largest val top-1 drop, in points, a lower precision may cost.")] = 1.0,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds.", min=1)] = 5,
+    iters: Annotated[int, typer.Option(help="Timed calls per candidate, batch and round.",
+                                       min=1)] = 5,
+    include_compile: Annotated[bool, typer.Option(
+        help="Also measure torch.compile (slow to compile).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object.")] = False,
+) -> None:
+    """Measure graph passes, INT8 and engines; publish the fastest that keeps accuracy."""
+    from .optimize import optimize as run_optimize
+    from .optimize.report import print_report
+
+    console = err_console if as_json else Console()
+    try:
+        result = run_optimize(model_dir, target=target, max_accuracy_drop=max_accuracy_drop,
+                              rounds=rounds, iters=iters, include_compile=include_compile,
+                              say=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except MintError as exc:
+        _fail(exc)
+        return
+    print_report(result.report, console)
+    if as_json:
+        _emit_json(result.to_json())
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 SERVE = ("import sys; from modelmint.serve import run_server; "
-         "run_server(sys.argv[1], http_port=0, grpc_port=0)")
+         "run_server(sys.argv[1], http_port=0, grpc_port=0, metrics_port=0)")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -72,7 +72,7 @@ def test_run_server_refuses_a_busy_grpc_port(repo_root: Path) -> None:
 
 def test_run_server_without_grpc(repo_root: Path) -> None:
     code = ("import sys; from modelmint.serve import run_server; "
-            "run_server(sys.argv[1], http_port=0, grpc_port=None)")
+            "run_server(sys.argv[1], http_port=0, grpc_port=None, metrics_port=None)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo_root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

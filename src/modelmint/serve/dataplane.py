@@ -1,10 +1,11 @@
 """The one data plane behind every transport (HTTP V2 and TF Serving REST, gRPC; the in-process
 client too).
 
-It owns the loaded models and all request semantics: which inputs are accepted, validation,
-classification post-processing and every error message. Transports only translate wire formats
-(see :mod:`.codec`, :mod:`.tfserving`, :mod:`.grpc`) and map :class:`~modelmint.errors.MintError`
-to a status.
+It owns the served versions (through :class:`.lifecycle.Lifecycle`) and answers every V2
+endpoint; request semantics live in :class:`.model.LoadedModel`, execution in an executor
+(:mod:`.executors`: a worker process per version in the server). Transports only translate
+wire formats (see :mod:`.codec`, :mod:`.tfserving`, :mod:`.grpc`) and map
+:class:`~modelmint.errors.MintError` to a status.
 
 This module must not import torch: a serving process needs only onnxruntime, Pillow and NumPy.
 """
@@ -16,39 +17,36 @@ import importlib.metadata
 import logging
 import os
 import re
-import threading
+import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort
 
-from ..data.preprocess import preprocess_batch
-from ..errors import InvalidInput, MintError, ModelNotReady, NotFound, RepositoryError
-from ..repository import (
-    ONNX_FILE,
-    WARMUP_DIR,
-    ModelMetadata,
-    ModelRepository,
-    VersionRef,
-    require_repo_dir,
+from ..errors import DeadlineExceeded, InvalidInput, ModelNotReady, NotFound, RepositoryError
+from ..repository import ONNX_FILE, ModelConfig, ModelRepository, require_repo_dir
+from .batching import DynamicBatcher, request_timeout_s
+from .executors import ProcessExecutor, ThreadExecutor
+from .lifecycle import FAILED, READY, UNLOADED, Lifecycle, Servable
+from .metrics import Metrics, observed
+from .model import (
+    DEFAULT_MAX_BATCH_SIZE,
+    IMAGE_INPUT,
+    OUTPUT,
+    PLATFORM,
+    TENSOR_INPUT,
+    LoadedModel,
 )
-from .codec import decode_request
-from .types import BYTES, InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
+from .types import InferRequest, InferResponse
 
 log = logging.getLogger("modelmint.serve")
 
 SERVER_NAME = "modelmint"
-PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["classification", "binary_tensor_data"]
-TENSOR_INPUT = "input"
-IMAGE_INPUT = "image"
-OUTPUT = "probabilities"
-# Bounds memory per request: a 16 MiB body of tiny PNGs would otherwise expand to tens of
-# GiB of FP32 tensors. Clients split larger jobs (the SDK sends 16 per request).
-DEFAULT_MAX_BATCH_SIZE = 64
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "IMAGE_INPUT", "OUTPUT", "PLATFORM", "TENSOR_INPUT",
+           "DataPlane", "LoadedModel", "parse_version", "server_version"]
 _VERSION = re.compile(r"[0-9]{1,18}")  # int() alone would also accept " 1", "1_0", "+1"
 
 
@@ -69,237 +67,94 @@ def parse_version(text: str | None, where: str) -> int | None:
     return int(text)
 
 
-def _open_session(path: Path) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    # Spinning intra-op threads burn every core between requests and starve the event loop and
-    # the decode/preprocess threads; blocking costs microseconds per request.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-        raise RepositoryError(f"{path}: onnxruntime cannot load it ({exc})") from exc
-
-
-class LoadedModel:
-    """One servable version: its ONNX session, metadata and request semantics."""
-
-    def __init__(self, ref: VersionRef, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
-        self.ref = ref
-        self.name = ref.model
-        self.version = ref.version
-        self.metadata: ModelMetadata = ref.metadata()
-        self.labels = list(self.metadata.labels)
-        self.spec = self.metadata.preprocessing
-        self.max_batch_size = max_batch_size
-        self.session = _open_session(ref.path / ONNX_FILE)
-        self._check_graph()
-
-    def _check_graph(self) -> None:
-        """Refuse at load time a graph that would fail (with a 500) on every request."""
-        where = self.ref.path / ONNX_FILE
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        crop = self.spec.crop
-        graph_input = inputs.get(TENSOR_INPUT)
-        if graph_input is None or OUTPUT not in outputs:
-            raise RepositoryError(f"{where}: expected input {TENSOR_INPUT!r} and output "
-                                  f"{OUTPUT!r}, found {sorted(inputs)} -> {sorted(outputs)}")
-        shape = list(graph_input.shape)
-        if len(shape) != 4 or isinstance(shape[0], int) or shape[1:] != [3, crop, crop]:
-            raise RepositoryError(f"{where}: input {TENSOR_INPUT!r} has shape {shape}, expected "
-                                  f"[batch, 3, {crop}, {crop}] with a dynamic batch axis")
-        classes = list(outputs[OUTPUT].shape)[-1]
-        if isinstance(classes, int) and classes != len(self.labels):
-            raise RepositoryError(f"{where}: output {OUTPUT!r} has {classes} classes but "
-                                  f"modelmint.json lists {len(self.labels)} labels")
-
-    def warmup(self) -> int:
-        """Replay the recorded requests: the first real request is then not the slow one, and a
-        version that cannot answer its own recorded request is never served."""
-        files = sorted((self.ref.path / WARMUP_DIR).glob("*.json"))
-        for path in files:
-            try:
-                self.infer(decode_request(path.read_bytes()))
-            except MintError as exc:
-                raise RepositoryError(f"{path}: warmup request failed: {exc}") from exc
-        return len(files)
-
-    def v2_metadata(self) -> dict[str, Any]:
-        inputs, outputs = self.metadata.signature
-        return {
-            "name": self.name,
-            "versions": [str(self.version)],
-            "platform": PLATFORM,
-            "inputs": [t.to_json() for t in inputs],
-            "outputs": [t.to_json() for t in outputs],
-        }
-
-    # --- inference (runs on a worker thread) -----------------------------------------------
-
-    def infer(self, request: InferRequest) -> InferResponse:
-        batch = self._batch(request.inputs)
-        probabilities = np.asarray(self.session.run([OUTPUT], {TENSOR_INPUT: batch})[0])
-        if probabilities.shape != (batch.shape[0], len(self.labels)):
-            raise RepositoryError(f"model {self.name!r} version {self.version}: output "
-                                  f"{OUTPUT!r} has shape {list(probabilities.shape)}, expected "
-                                  f"[{batch.shape[0]}, {len(self.labels)}]")
-        outputs = [self._output(r, probabilities) for r in self._requested(request.outputs)]
-        return InferResponse(self.name, str(self.version), request.id, outputs)
-
-    def _expects(self) -> str:
-        crop = self.spec.crop
-        return (f"model {self.name!r} takes exactly one of {TENSOR_INPUT!r} (FP32 [N, 3, {crop}, "
-                f"{crop}]) or {IMAGE_INPUT!r} (BYTES [N], encoded image files)")
-
-    def _batch(self, inputs: list[InferInput]) -> np.ndarray:
-        names = [t.name for t in inputs]
-        for name in names:
-            if name not in (TENSOR_INPUT, IMAGE_INPUT):
-                raise InvalidInput(f"unknown input {name!r}; {self._expects()}")
-            if names.count(name) > 1:
-                raise InvalidInput(f"input {name!r} is given more than once")
-        if len(names) != 1:
-            given = "both inputs were given" if names else "no input was given"
-            raise InvalidInput(f"{given}; {self._expects()}")
-        tensor = inputs[0]
-        return self._tensor_batch(tensor) if tensor.name == TENSOR_INPUT else self._image_batch(
-            tensor)
-
-    def _check_batch(self, name: str, n: int) -> None:
-        if n > self.max_batch_size:
-            raise InvalidInput(f"input {name!r}: batch of {n} exceeds this server's "
-                               f"max_batch_size of {self.max_batch_size}; split the request")
-
-    def _tensor_batch(self, tensor: InferInput) -> np.ndarray:
-        crop = self.spec.crop
-        expected = f"expected FP32 [N, 3, {crop}, {crop}] with N >= 1"
-        if tensor.datatype != "FP32":
-            raise InvalidInput(f"input {TENSOR_INPUT!r}: datatype is {tensor.datatype}, "
-                               f"{expected}")
-        shape = list(tensor.shape)
-        if len(shape) != 4 or shape[0] < 1 or shape[1:] != [3, crop, crop]:
-            raise InvalidInput(f"input {TENSOR_INPUT!r}: shape is {shape}, {expected}")
-        data = tensor.data
-        if data.dtype != np.float32 or list(data.shape) != shape:
-            raise InvalidInput(f"input {TENSOR_INPUT!r}: data is {data.dtype} "
-                               f"{list(data.shape)}, {expected}")
-        self._check_batch(TENSOR_INPUT, shape[0])
-        # NaN/inf would propagate to NaN probabilities, which JSON cannot even carry.
-        if not np.isfinite(data).all():
-            raise InvalidInput(f"input {TENSOR_INPUT!r}: contains NaN or infinite values")
-        return np.ascontiguousarray(data)
-
-    def _image_batch(self, tensor: InferInput) -> np.ndarray:
-        expected = "expected BYTES [N] (one encoded image file per element) with N >= 1"
-        if tensor.datatype != BYTES:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: datatype is {tensor.datatype}, "
-                               f"{expected}")
-        if len(tensor.shape) != 1 or tensor.shape[0] < 1:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: shape is {list(tensor.shape)}, "
-                               f"{expected}")
-        self._check_batch(IMAGE_INPUT, tensor.shape[0])
-        blobs: list[bytes] = []
-        for i, item in enumerate(tensor.data.ravel()):
-            if not isinstance(item, bytes):
-                raise InvalidInput(f"{IMAGE_INPUT}[{i}]: expected bytes of an encoded image, "
-                                   f"got {type(item).__name__}")
-            blobs.append(item)
-        if len(blobs) != tensor.shape[0]:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: has {len(blobs)} elements, shape says "
-                               f"{tensor.shape[0]}")
-        return preprocess_batch(blobs, self.spec, name=IMAGE_INPUT)
-
-    def _requested(self, requested: list[RequestedOutput]) -> list[RequestedOutput]:
-        if not requested:
-            return [RequestedOutput(OUTPUT)]
-        seen: set[str] = set()
-        for out in requested:
-            if out.name != OUTPUT:
-                raise InvalidInput(f"unknown output {out.name!r}; model {self.name!r} has "
-                                   f"outputs [{OUTPUT!r}]")
-            if out.name in seen:
-                raise InvalidInput(f"output {out.name!r} is requested more than once")
-            seen.add(out.name)
-        return requested
-
-    def _output(self, requested: RequestedOutput, probabilities: np.ndarray) -> InferOutput:
-        k = requested.parameters.get("classification")
-        n, classes = probabilities.shape
-        if k is None:
-            return InferOutput(OUTPUT, "FP32", [n, classes], probabilities)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InvalidInput(f"output {OUTPUT!r}: parameter 'classification' must be an "
-                               f"integer >= 1, got {k!r}")
-        k = min(k, classes)
-        # Stable sort on the negated scores: ties keep the lower class index first.
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        out = np.empty((n, k), dtype=np.object_)
-        for row in range(n):
-            for col, index in enumerate(order[row]):
-                # Triton's format: std::to_string(float) is printf("%f"), then index and label.
-                score = float(probabilities[row, index])
-                out[row, col] = f"{score:f}:{int(index)}:{self.labels[index]}".encode()
-        return InferOutput(OUTPUT, BYTES, [n, k], out)
-
-
 class DataPlane:
-    """Loads the latest version of each model in a repository and answers V2 requests."""
+    """Serves the versions each model's policy selects and answers V2 requests.
+
+    ``isolation="process"`` (the server) runs every version's session in a worker process of
+    its own, loaded at idle priority (see :mod:`.worker`); ``"thread"`` (the in-process SDK,
+    and tests that need no update isolation) runs it on this process's thread pool.
+    """
 
     def __init__(self, repo: str | Path | ModelRepository, *,
                  models: Collection[str] | None = None,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None,
+                 isolation: Literal["thread", "process"] = "thread",
+                 arena: bool = True, jemalloc: bool = False,
+                 metrics: Metrics | None = None) -> None:
         self.repo = repo if isinstance(repo, ModelRepository) else require_repo_dir(repo)
+        self.metrics = metrics if metrics is not None else Metrics()  # /metrics and /stats
         self.only = None if models is None else set(models)
         self.max_batch_size = max_batch_size
-        self._models: dict[str, LoadedModel] = {}
-        self._failed: dict[str, tuple[int, str]] = {}  # model -> (version, reason)
+        self.isolation = isolation
+        self.arena, self.jemalloc = arena, jemalloc
         self._ready = False
-        self._load_lock = threading.Lock()
         # Bounded and owned by us (not the event loop's default): caps memory and CPU
         # oversubscription, since every session already uses all cores for one request.
         self._executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 1),
                                             thread_name_prefix="modelmint-infer")
+        self.lifecycle = Lifecycle(self.repo, self._build, self.only,
+                                   lambda: getattr(self, "metrics", None))
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    def _build(self, s: Servable) -> None:
+        s.model = LoadedModel(s.ref, self.max_batch_size)
+        onnx = s.ref.path / ONNX_FILE
+        if self.isolation == "process":
+            what = f"model {s.ref.model!r} version {s.version}"
+            s.executor = ProcessExecutor(
+                onnx, s.model.spec.crop, what, arena=self.arena, jemalloc=self.jemalloc,
+                on_exit=lambda reason: self.lifecycle.worker_died(s, reason))
+        else:
+            s.executor = ThreadExecutor(onnx, self._executor)
+        s.model.check_io(*s.executor.io())
+
     def load(self) -> None:
-        """Load the latest version of every model; a model that fails is logged and skipped."""
-        with self._load_lock:
-            if self._ready:
-                return
-            for name in self.repo.models():
-                if self.only is not None and name not in self.only:
-                    continue
-                try:
-                    self.load_model(name)
-                except Exception as exc:  # one broken model must not take the server down
-                    version = self._failed.get(name, (0, ""))[0]
-                    log.error("model %r version %s failed to load, skipping it: %s", name,
-                              version or "?", exc)
-                    self._failed.setdefault(name, (version, str(exc)))
-            self._ready = True
+        """Load what every model's version policy selects; a model that fails is logged and
+        skipped (its state says why)."""
+        if self._ready:
+            return
+        for name in self.lifecycle.models_to_watch():
+            self.lifecycle.reconcile(name)
+        self._ready = True
+
+    def start_polling(self, interval_s: float) -> None:
+        """Re-read the repository every ``interval_s`` seconds (0: only the repository API)."""
+        self.lifecycle.start_polling(interval_s)
 
     def load_model(self, model: str, version: int | None = None) -> LoadedModel:
-        """Load (or replace with) one version, latest if ``version`` is None; raises on failure."""
+        """Serve one version (latest if None) whatever the policy says; raises on failure."""
         ref = self.repo.version(model, version)
-        self._failed[model] = (ref.version, "loading")
-        loaded = LoadedModel(ref, self.max_batch_size)
-        count = loaded.warmup()
-        self._models[model] = loaded
-        del self._failed[model]
-        log.info("loaded model %r version %d (%d warmup request(s))", model, ref.version, count)
-        return loaded
+        s = Servable(ref, ModelConfig.load(self.repo.root / model))
+        self.lifecycle.load_version(s)
+        if s.state != READY or s.model is None:
+            raise RepositoryError(s.reason)
+        return s.model
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.lifecycle.index(ready_only)
+
+    def repository_load(self, model: str) -> None:
+        self.lifecycle.load(model)
+
+    def repository_unload(self, model: str) -> None:
+        self.lifecycle.unload(model)
 
     def close(self) -> None:
+        self.lifecycle.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._models.clear()
 
     @property
     def models(self) -> dict[str, LoadedModel]:
-        return dict(self._models)
+        """The latest served version of each model."""
+        return {name: self._latest(served) for name, served in self.lifecycle.served.items()}
+
+    @staticmethod
+    def _latest(served: dict[int, Servable]) -> LoadedModel:
+        model = served[max(served)].model
+        assert model is not None
+        return model
 
     # --- V2 endpoints ----------------------------------------------------------------------
 
@@ -314,7 +169,10 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
     def model_metadata(self, model: str, version: int | None = None) -> dict[str, Any]:
-        return self.model(model, version).v2_metadata()
+        meta = self.model(model, version).v2_metadata()
+        if version is None:  # every version served, as Triton lists them
+            meta["versions"] = [str(v) for v in self.lifecycle.served.get(model, {})]
+        return meta
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
         """True when served; False when known but not servable; NotFound when unknown."""
@@ -325,31 +183,100 @@ class DataPlane:
         return True
 
     def model(self, model: str, version: int | None = None) -> LoadedModel:
-        loaded = self._models.get(model)
-        if loaded is not None:
-            if version is not None and version != loaded.version:
-                raise NotFound(f"model {model!r} version {version} is not loaded "
-                               f"(this server serves version {loaded.version})")
-            return loaded
-        if model in self._failed:
-            failed = self._failed[model][0]
-            if version is not None and version != failed:
-                raise NotFound(f"model {model!r} version {version} is not loaded")
-            raise ModelNotReady(f"model {model!r} version {failed} is not ready: it failed "
-                                "to load (see the server log)")
+        loaded = self.servable(model, version).model
+        assert loaded is not None
+        return loaded
+
+    def servable(self, model: str, version: int | None = None) -> Servable:
+        served = self.lifecycle.served.get(model)
+        if served and version is None:
+            return served[max(served)]
+        if served and version in served:
+            return served[version]
+        # A copy (atomic under the GIL): the loader thread may be adding a version right now.
+        versions = dict(self.lifecycle.versions.get(model, {}))
+        known = versions.get(version) if version is not None else (
+            versions[max(versions)] if versions else None)
+        if known is not None and (not served or known.state != UNLOADED):
+            state = ("it failed to load (see the server log or the repository index)"
+                     if known.state == FAILED else f"it is {known.state.lower()}")
+            raise ModelNotReady(f"model {model!r} version {known.version} is not ready: {state}")
+        if served:
+            serving = ", ".join(str(v) for v in served)
+            plural = "s" if len(served) > 1 else ""
+            config = served[max(served)].config
+            on_disk = any(r.version == version for r in self.repo.versions(model))
+            why = (f": its version policy ({config.version_policy.describe()}) does not select "
+                   "it" if on_disk and (known is None or known.state == UNLOADED) else "")
+            raise NotFound(f"model {model!r} version {version} is not loaded{why} (this server "
+                           f"serves version{plural} {serving})")
+        if model in self.lifecycle.errors:
+            raise ModelNotReady(f"model {model!r} is not ready: its config.json is invalid "
+                                "(see the server log or the repository index)")
         if not self._ready:
             raise ModelNotReady("the server is still loading models")
         version_text = "" if version is None else f" version {version}"
         raise NotFound(f"unknown model {model!r}{version_text}; serving "
-                       f"{sorted(self._models) or 'no models'}")
+                       f"{sorted(self.lifecycle.served) or 'no models'}")
 
+    @observed  # the one place requests are counted and timed, for every transport
     async def infer(self, model: str, version: int | None,
                     request: InferRequest) -> InferResponse:
-        loaded = self.model(model, version)  # cheap: unknown models fail without a thread hop
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, loaded.infer, request)
+        s = self._acquire(model, version)  # cheap: unknown models fail without a thread hop
+        try:
+            assert s.model is not None
+            loop = asyncio.get_running_loop()
+            batch = await loop.run_in_executor(self._executor, s.model.prepare, request)
+            batching = s.config.dynamic_batching
+            timeout = request_timeout_s(request.parameters, batching)
+            if batching is not None:
+                if s.batcher is None:
+                    s.batcher = DynamicBatcher(lambda b: self._run(s, b), batching,
+                                               f"{model}/{s.version}")
+                    s.loop = loop
+                probabilities, timings = await s.batcher.submit(batch, timeout)
+            else:
+                started = time.perf_counter()
+                probabilities = await self._run(s, batch, timeout)
+                timings = {"queue_s": 0.0, "compute_s": time.perf_counter() - started,
+                           "batch_size": float(batch.shape[0])}
+            response = s.model.respond(request, probabilities)
+            response.timings = timings
+            return response
+        finally:
+            s.inflight -= 1
+
+    def _acquire(self, model: str, version: int | None) -> Servable:
+        """The servable, counted in flight so draining waits for this request."""
+        while True:
+            s = self.servable(model, version)
+            s.inflight += 1
+            # The loader marks DRAINING before it waits for inflight == 0: if it got there
+            # between the lookup and the increment, look again (the new version is served).
+            if s.state == READY:
+                return s
+            s.inflight -= 1
+
+    async def _run(self, s: Servable, batch: np.ndarray,
+                   timeout: float | None = None) -> np.ndarray:
+        executor = s.executor
+        if executor is None:
+            raise ModelNotReady(f"model {s.ref.model!r} version {s.version} is not ready: "
+                                f"{s.reason or 'it is unloaded'}")
+        future = asyncio.wrap_future(executor.run(batch))
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"model {s.ref.model!r} version {s.version}: the request "
+                                   f"did not finish within its timeout of "
+                                   f"{timeout * 1e3:g} ms") from None
 
     def infer_sync(self, model: str, version: int | None,
                    request: InferRequest) -> InferResponse:
         """Same semantics as :meth:`infer`, on the calling thread (in-process SDK use)."""
-        return self.model(model, version).infer(request)
+        s = self.servable(model, version)
+        assert s.model is not None and s.executor is not None
+        probabilities = s.executor.run(s.model.prepare(request)).result()
+        return s.model.respond(request, probabilities)

@@ -11,8 +11,11 @@ traceback here and answered with a bare 500, so no internals leak to clients.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
+import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import InvalidInput, MintError, PayloadTooLarge
+from ..errors import InvalidInput, MintError, ModelNotReady, PayloadTooLarge, ServerBusy
 from ..repository import ModelRepository
 from . import tfserving
 from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
@@ -51,7 +54,11 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         except MintError as exc:
             if exc.http_status >= 500:
                 log.error("%s %s: %s", request.method, request.url.path, exc)
-            return error_response(exc.message, exc.http_status)
+            response = error_response(exc.message, exc.http_status)
+            if isinstance(exc, ServerBusy):
+                # Whole seconds on the wire, never 0: "0" would invite a tight retry loop.
+                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            return response
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is left to read it
         except Exception:
@@ -166,6 +173,40 @@ class _Handlers:
         result = await self.dataplane.infer(model, version, infer_request)
         return JSONResponse(tfserving.encode_predict(result, rows))
 
+    async def stats(self, request: Request) -> Response:
+        """Exact latency percentiles of recent requests (see :mod:`.metrics`)."""
+        model = request.path_params["model"]
+        version = _version(request)
+        stats = self.dataplane.metrics.stats(model, None if version is None else str(version))
+        if not stats["versions"]:  # unknown: 404; known but idle or not ready: no versions
+            with contextlib.suppress(ModelNotReady):
+                self.dataplane.model(model, version)
+        return JSONResponse(stats)
+
+    # --- the model repository extension: index, explicit load and unload -------------------
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, self.max_request_bytes)
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON ({exc})") from None
+        ready = options.get("ready", False) if isinstance(options, dict) else None
+        if not isinstance(ready, bool):
+            raise InvalidInput("request body: expected {\"ready\": true|false} or nothing")
+        return JSONResponse(self.dataplane.repository_index(ready))
+
+    async def repository_load(self, request: Request) -> Response:
+        # Loading takes seconds (worker start, warm-up): a thread, never the event loop.
+        await anyio.to_thread.run_sync(self.dataplane.repository_load,
+                                       request.path_params["model"])
+        return JSONResponse({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        await anyio.to_thread.run_sync(self.dataplane.repository_unload,
+                                       request.path_params["model"])
+        return JSONResponse({})
+
     async def tf_status(self, request: Request) -> Response:
         loaded = self.dataplane.model(request.path_params["model"], _version(request))
         return JSONResponse(tfserving.model_status(loaded.version))
@@ -215,11 +256,18 @@ def create_app(repo: str | Path | ModelRepository | DataPlane,
         Route(f"{version}/ready", _guard(h.model_ready), methods=["GET"]),
         Route(f"{model}/infer", _guard(h.infer), methods=["POST"]),
         Route(f"{version}/infer", _guard(h.infer), methods=["POST"]),
+        Route(f"{model}/stats", _guard(h.stats), methods=["GET"]),
+        Route(f"{version}/stats", _guard(h.stats), methods=["GET"]),
         Route("/v1/models/{model}:predict", _guard(h.tf_predict), methods=["POST"]),
         Route("/v1/models/{model}/versions/{version}:predict", _guard(h.tf_predict),
               methods=["POST"]),
         Route("/v1/models/{model}", _guard(h.tf_status), methods=["GET"]),
         Route("/v1/models/{model}/versions/{version}", _guard(h.tf_status), methods=["GET"]),
+        Route("/v2/repository/index", _guard(h.repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", _guard(h.repository_load),
+              methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", _guard(h.repository_unload),
+              methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception})

@@ -10,7 +10,7 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -18,12 +18,14 @@ from ..errors import MintError
 from .dataplane import DataPlane
 from .grpc import GrpcServer
 from .http import DEFAULT_MAX_REQUEST_BYTES, create_app
+from .metrics import MetricsServer
 
 log = logging.getLogger("modelmint.serve")
 
 
 class ModelServer(uvicorn.Server):
-    """uvicorn serving the HTTP app, with the gRPC server (if any) on the same event loop.
+    """uvicorn serving the HTTP app, with the gRPC and metrics servers (if any) on the same
+    event loop.
 
     gRPC starts before HTTP (a busy gRPC port fails before anything is served), stops
     alongside HTTP's graceful shutdown, and the one "ready" line is printed only once both
@@ -31,33 +33,38 @@ class ModelServer(uvicorn.Server):
     """
 
     def __init__(self, config: uvicorn.Config, url: str, model_count: int,
-                 grpc: GrpcServer | None = None) -> None:
+                 grpc: GrpcServer | None = None, metrics: MetricsServer | None = None) -> None:
         super().__init__(config)
         self.url = url
         self.model_count = model_count
         self.grpc = grpc
+        self.metrics = metrics
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.grpc is not None:
-            await self.grpc.start()
         try:
+            if self.grpc is not None:
+                await self.grpc.start()
+            if self.metrics is not None:
+                await self.metrics.start()
             await super().serve(sockets)
         finally:
             if self.grpc is not None:  # startup failed, or shutdown already stopped it
                 await self.grpc.stop()
+            if self.metrics is not None:
+                await self.metrics.stop()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
             where = self.url if self.grpc is None else f"{self.url} and grpc://{self.grpc.address}"
             print(f"serving {self.model_count} model(s) on {where}", flush=True)
+            if self.metrics is not None:  # a line of its own: the first one's format is kept
+                print(f"metrics on {self.metrics.url}", flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Concurrently: each protocol's in-flight requests get their grace period at once.
-        if self.grpc is None:
-            await super().shutdown(sockets)
-            return
-        await asyncio.gather(super().shutdown(sockets), self.grpc.stop())
+        others = [s.stop() for s in (self.grpc, self.metrics) if s is not None]
+        await asyncio.gather(super().shutdown(sockets), *others)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -90,17 +97,25 @@ def _configure_logging(level: str) -> None:
 
 def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               log_level: str = "warning", grpc_port: int | None = 8001) -> None:
+               log_level: str = "warning", grpc_port: int | None = 8001,
+               metrics_port: int | None = 8002, poll_interval_s: float = 0.0,
+               isolation: Literal["thread", "process"] = "process") -> None:
     """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally.
 
-    HTTP and (unless ``grpc_port`` is None) gRPC share one data plane; port 0 picks a free one.
+    Every version runs in a worker process of its own (``isolation``, see :mod:`.worker`);
+    the repository is re-read every ``poll_interval_s`` seconds (0: only when the repository
+    API asks, ``POST /v2/repository/models/{m}/load``).
+
+    HTTP and (unless ``grpc_port`` is None) gRPC share one data plane; Prometheus metrics are
+    on ``metrics_port`` unless it is None; port 0 picks a free one.
     """
     _configure_logging(log_level)
-    dataplane = DataPlane(repo)
+    dataplane = DataPlane(repo, isolation=isolation)
     try:
         dataplane.load()  # before binding: a port that answers is a server that is ready
+        dataplane.start_polling(poll_interval_s)
         server, sock = build_server(dataplane, host, http_port, grpc_port, max_request_bytes,
-                                    log_level)
+                                    log_level, metrics_port)
         try:
             with _StopOnSignals(server):
                 server.run(sockets=[sock])
@@ -113,9 +128,11 @@ def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
 def build_server(dataplane: DataPlane, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int | None = 8001,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 log_level: str = "warning") -> tuple[ModelServer, socket.socket]:
+                 log_level: str = "warning", metrics_port: int | None = None,
+                 ) -> tuple[ModelServer, socket.socket]:
     """The server and its bound HTTP socket; ``server.run(sockets=[sock])`` serves both
-    protocols (the gRPC port is bound when it starts). The caller closes the socket."""
+    protocols and the metrics (the gRPC and metrics ports are bound when they start). The
+    caller closes the socket."""
     sock = bind_socket(host, http_port)
     port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -125,7 +142,9 @@ def build_server(dataplane: DataPlane, host: str = "127.0.0.1", http_port: int =
     # asyncio's own loop even if uvloop is installed: grpc.aio is built for asyncio's loop.
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", loop="asyncio",
                             timeout_graceful_shutdown=10)
-    return ModelServer(config, url, len(dataplane.models), grpc), sock
+    metrics = (None if metrics_port is None
+               else MetricsServer(dataplane.metrics, host, metrics_port))
+    return ModelServer(config, url, len(dataplane.models), grpc, metrics), sock
 
 
 class _StopOnSignals:

@@ -101,6 +101,8 @@ class InferResponse:
     model_version: str  # V2 versions are strings on the wire
     id: str | None
     outputs: list[InferOutput]
+    # Filled by the execution path for metrics: "queue_s", "compute_s", "batch_size".
+    timings: dict[str, float] = field(default_factory=dict)
 
     def output(self, name: str) -> InferOutput:
         for out in self.outputs:
