@@ -385,3 +385,39 @@ def test_batching_through_the_real_server(
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
         bad = http.post("/v2/models/tiny/infer", json=body(0, timeout=-5))
         assert bad.status_code == 400 and "'timeout'" in bad.json()["error"]
+
+
+def test_full_queue_answers_503_with_retry_after_through_the_real_server(
+        tmp_path: Path, serve_app: Callable[[Starlette], AbstractContextManager[str]]) -> None:
+    # A deliberately slow model (a wide 3x3 conv at full resolution, tens of ms per image) and a
+    # queue of one: while one request executes and one waits, the rest must be turned away with
+    # 503 + Retry-After, never a 500 and never a hang.
+    from torch import nn
+
+    from modelmint.data.preprocess import ImageSpec
+    from modelmint.repository import ModelMetadata, ModelRepository
+    from modelmint.train.package import publish_model
+
+    slow = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(128, 2))
+    meta = ModelMetadata(name="slow", labels=["a", "b"], architecture="slow-cnn",
+                         preprocessing=ImageSpec())
+    publish_model(ModelRepository(tmp_path), slow, meta)
+    (tmp_path / "slow" / "config.json").write_text(json.dumps({"dynamic_batching": {
+        "max_batch_size": 4, "max_queue_size": 1}}))
+    batch = np.zeros((4, 3, 224, 224), np.float32)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(batch.shape),
+                        "data": batch.ravel().tolist()}]}
+    payload = json.dumps(body).encode()
+    with serve_app(create_app(tmp_path)) as url, httpx.Client(
+            base_url=f"http://{url}", timeout=60) as http, ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda _: http.post(
+            "/v2/models/slow/infer", content=payload,
+            headers={"Content-Type": "application/json"}), range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["Retry-After"]) >= 1
+            assert "queue" in r.json()["error"].lower()
