@@ -222,6 +222,7 @@ class DataPlane:
     @observed  # the one place requests are counted and timed, for every transport
     async def infer(self, model: str, version: int | None,
                     request: InferRequest) -> InferResponse:
+        arrived = time.monotonic()
         s = self._acquire(model, version)  # cheap: unknown models fail without a thread hop
         try:
             assert s.model is not None
@@ -229,6 +230,14 @@ class DataPlane:
             batch = await loop.run_in_executor(self._executor, s.model.prepare, request)
             batching = s.config.dynamic_batching
             timeout = request_timeout_s(request.parameters, batching)
+            if timeout is not None:
+                # The timeout runs from arrival: decoding counts. Past it, do not even start.
+                left = timeout - (time.monotonic() - arrived)
+                if left <= 0:
+                    raise DeadlineExceeded(
+                        f"model {model!r} version {s.version}: the request did not start within "
+                        f"its timeout of {timeout * 1e3:g} ms")
+                timeout = left
             if batching is not None:
                 if s.batcher is None:
                     s.batcher = DynamicBatcher(lambda b: self._run(s, b), batching,
