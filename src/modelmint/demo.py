@@ -26,9 +26,11 @@ def free_port() -> int:
 
 def start_server(repo: Path, port: int, timeout: float = 60.0) -> subprocess.Popen[bytes]:
     """``mint serve`` in a child process; returns once /v2/health/ready answers 200."""
-    # Any free gRPC port: only HTTP is used here, and a busy 8001 must not stop the demo.
+    # Any free gRPC and metrics ports: only HTTP is used here; a busy 8001 or 8002 must not
+    # stop the demo (or the end-to-end test, which starts its server the same way).
     proc = subprocess.Popen([sys.executable, "-m", "modelmint.cli", "serve", str(repo),
-                             "--http-port", str(port), "--grpc-port", "0"])
+                             "--http-port", str(port), "--grpc-port", "0",
+                             "--metrics-port", "0"])
     url = f"http://127.0.0.1:{port}/v2/health/ready"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
