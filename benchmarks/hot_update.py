@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,8 +35,8 @@ import httpx
 import numpy as np
 
 from _common import own_tree
-from _mlserver import MODEL_NAME, free_port, start_mlserver, stop, wait_ready
-from serving_throughput import Sender, grpc_sender, http_sender
+from _mlserver import MODEL_NAME, free_port, start_mlserver, stop
+from serving_throughput import Sender, grpc_sender, http_sender, start_ours
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera" / "val"
 
@@ -67,20 +66,6 @@ def publish_copy(repo: Path, source: Path) -> int:
     return ModelRepository(repo).publish(MODEL_NAME, write).version
 
 
-def start_ours(repo: Path, log: Path, poll: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "modelmint.cli", "serve", str(repo), "--http-port", str(port),
-           "--grpc-port", "-1", "--metrics-port", "-1", "--poll", str(poll)]
-    out = open(log, "ab")  # noqa: SIM115 (lives as long as the process)
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    out.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, 180)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, url
 
 
 def busy_cpu_seconds() -> float:
@@ -252,7 +237,7 @@ def main() -> None:
         source = export(work / "source")
         repo = work / "repo"
         publish_copy(repo, source)
-        proc, url = start_ours(repo, work / "ours.log", 0.5)
+        proc, url = start_ours(repo, work / "ours.log", "--metrics-port", "-1", "--poll", "0.5")
         procs.append(proc)
         # Each server with the client its users would use (see serving_throughput.py): ours
         # tritonclient.http with binary tensors; MLServer (no binary HTTP extension) gRPC.

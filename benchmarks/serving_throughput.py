@@ -59,10 +59,11 @@ def publish(root: Path) -> Path:
     return Path(publish_model(ModelRepository(root), model, meta, {}).path)
 
 
-def start_ours(repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_ours(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``mint serve`` on a free port (HTTP only; ``extra`` CLI flags appended), once ready."""
     port = free_port()
     cmd = [sys.executable, "-m", "modelmint.cli", "serve", str(repo), "--http-port", str(port),
-           "--grpc-port", "-1", "--metrics-port", "0"]
+           "--grpc-port", "-1", *(extra or ("--metrics-port", "0"))]
     out = open(log, "ab")  # noqa: SIM115 (lives as long as the process)
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     out.close()
