@@ -4,8 +4,6 @@ server: HTTP and gRPC on free loopback ports, one process, one event loop, one d
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from modelmint.data.preprocess import preprocess
 from modelmint.serve import DataPlane
 from modelmint.serve.proto import grpc_predict_v2_pb2 as pb
 from modelmint.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelmint.serve.server import ModelServer, build_server
+from modelmint.serve.server import ModelServer
 
 
 class Servers:
@@ -36,24 +34,10 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(repo_root: Path) -> Iterator[Servers]:
+def servers(repo_root: Path, start_full_server: Callable[..., Any]) -> Iterator[Servers]:
     """The real server assembly (:func:`build_server`, as ``run_server`` uses) in a thread."""
-    dataplane = DataPlane(repo_root)
-    dataplane.load()
-    server, sock = build_server(dataplane, "127.0.0.1", http_port=0, grpc_port=0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
+    with start_full_server(repo_root, grpc_port=0) as (server, dataplane):
         yield Servers(server, dataplane)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        dataplane.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +20,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmint.serve import DataPlane
 from modelmint.serve.metrics import LATENCY_BUCKETS, Metrics, percentiles
-from modelmint.serve.server import ModelServer, build_server
+from modelmint.serve.server import ModelServer
 
 OK_HTTP, OK_GRPC = 6, 2
 
 
 @pytest.fixture(scope="module")
-def server(repo_root: Path) -> Iterator[ModelServer]:
-    dataplane = DataPlane(repo_root)
-    dataplane.load()
-    server, sock = build_server(dataplane, "127.0.0.1", http_port=0, grpc_port=0,
-                                metrics_port=0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
+def server(repo_root: Path, start_full_server: Callable[..., Any]) -> Iterator[ModelServer]:
+    with start_full_server(repo_root, grpc_port=0, metrics_port=0) as (server, _):
         yield server
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        dataplane.close()
 
 
 @pytest.fixture(scope="module")
