@@ -1,27 +1,34 @@
 """What ``mint optimize`` buys, against the roofline of this CPU (run by hand).
 
-For MobileNetV2 and ResNet-50 (random weights, 2 classes) at batch 1 and 8: p50 latency and its
-spread over interleaved rounds for torch eager, ONNX Runtime with default session options, INT8
-(QDQ, the CPU's quantization types) and the graph ``mint optimize`` publishes; FLOPs counted from
-the ONNX graph (2 x MACs of Conv/Gemm/MatMul), achieved GFLOP/s, the theoretical FP32 peak
-(cores x FLOP/cycle x clock, from /proc/cpuinfo flags) and a large-matmul peak measured in the
-same run.
+For MobileNetV2, ResNet-50 (torchvision, random weights, 2 classes) and a BERT-base encoder
+(HF ``transformers`` BertModel, random weights, sequence length 128) at batch 1 and 8: p50
+latency and its spread over interleaved rounds for torch eager (all cores, and one thread),
+torch.compile (``--compile``; compile time reported), ONNX Runtime with default session
+options, OpenVINO (reads the same ONNX), INT8 (static QDQ with the CPU's types for the CNNs,
+dynamic for BERT), the partitioned program (torch.export with ONNX Runtime groups) and the graph
+``mint optimize`` publishes; FLOPs counted from the ONNX graph (2 x MACs of Conv/Gemm/MatMul),
+achieved GFLOP/s, the theoretical FP32 peak (cores x FLOP/cycle x clock, from /proc/cpuinfo
+flags) and a large-matmul peak measured in the same run; foreign CPU load while measuring.
 
-    python benchmarks/optimize.py [--rounds 3] [--images 24] [--models mobilenet_v2,resnet50]
-                                  [--json]
+    python benchmarks/optimize.py [--rounds 3] [--iters 5] [--images 24] [--compile]
+        [--models mobilenet_v2,resnet50,bert_base] [--no-partition] [--json]
 
-``mint optimize`` needs labelled images for its gate: the benchmark publishes each random model
+``mint optimize`` needs labelled images for its gate: the benchmark publishes each random CNN
 with a provenance split of the first ``--images`` hymenoptera images per split. Random weights
-make the gate's verdict meaningless for accuracy; the rows are about speed.
+make the gate's verdict meaningless for accuracy; the rows are about speed. BERT is not an
+image classifier, so its "choice" row is the FP32 graph after our passes (see bert_case).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +40,15 @@ import torchvision
 from onnx import numpy_helper, shape_inference
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
+from _common import ForeignCpu
 from modelmint.data.preprocess import ImageSpec
 from modelmint.optimize import optimize
 from modelmint.optimize.measure import Candidate, measure, ort_runner, ort_session
+from modelmint.optimize.openvino_path import openvino_runner
+from modelmint.optimize.partition_compile import partition_model
+from modelmint.optimize.passes_onnx import run_onnx_passes
 from modelmint.optimize.pipeline import load_labelled
 from modelmint.optimize.quantize import (
     choose_quant_config,
@@ -51,6 +63,7 @@ from modelmint.train.package import publish_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 BATCHES = (1, 8)
+SEQ_LEN = 128
 MODELS = {"mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=2),
           "resnet50": lambda: torchvision.models.resnet50(num_classes=2)}
 
@@ -111,8 +124,36 @@ def labelled_split(per_split: int) -> dict[str, list[list[str]]]:
     return split
 
 
-def bench_model(name: str, args: argparse.Namespace, console: Console, tmp: Path
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+class BertEncoder(nn.Module):
+    """BERT-base (HF ``transformers`` BertModel, default config: 12 layers, 768 wide, 12
+    heads, random weights, no pooler): token ids [N, 128] → hidden states [N, 128, 768]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.bert = BertModel(BertConfig(), add_pooling_layer=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.bert(input_ids=ids).last_hidden_state
+        return out
+
+
+@dataclass
+class Case:
+    """One model under test: its torch module, FP32 ONNX graph, and sample inputs."""
+
+    name: str
+    net: nn.Module
+    onnx_path: Path
+    sample: np.ndarray  # at least max(BATCHES) rows
+    output: str  # the ONNX output compared and timed
+    int8: Candidate
+    choice: Candidate
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def image_case(name: str, args: argparse.Namespace, console: Console, tmp: Path) -> Case:
     torch.manual_seed(0)
     net = MODELS[name]().eval()
     meta = ModelMetadata(name=name.replace("_", "-"), labels=["ants", "bees"],
@@ -123,39 +164,121 @@ def bench_model(name: str, args: argparse.Namespace, console: Console, tmp: Path
     source = publish_model(repo, net, meta)
     console.print(f"[bold]{name}[/]: mint optimize ...")
     result = optimize(source.path, rounds=1, iters=2)
-    onnx_model = onnx.load(str(source.path / ONNX_FILE))
     sample = np.random.default_rng(0).normal(size=(8, 3, 224, 224)).astype(np.float32)
-
     config = choose_quant_config(cpu_features())
     prepared = tmp / f"{name}-prepared.onnx"
-    preprocess_for_quant(onnx_model, prepared)
+    preprocess_for_quant(onnx.load(str(source.path / ONNX_FILE)), prepared)
     data: LabelledImages | None = load_labelled(meta)
     calibration = data.train_images if data is not None else sample
     quantize_int8(prepared, tmp / f"{name}-int8.onnx", calibration, config)
+    return Case(name, net, source.path / ONNX_FILE, sample, "logits",
+                Candidate(f"ort-{config.name}", "onnxruntime", "int8",
+                          ort_runner(ort_session(str(tmp / f"{name}-int8.onnx")))),
+                Candidate(f"mint-choice ({result.published})", "onnxruntime", "chosen",
+                          ort_runner(ort_session(str(Path(result.path) / ONNX_FILE)))),
+                {"chosen": result.chosen, "published": result.published,
+                 "reason": result.report["reason"]})
 
-    candidates = [
-        Candidate("torch-eager", "torch", "fp32", torch_runner(net)),
-        Candidate("ort-default", "onnxruntime", "fp32", ort_runner(ort.InferenceSession(
-            str(source.path / ONNX_FILE), providers=["CPUExecutionProvider"]))),
-        Candidate(f"ort-{config.name}", "onnxruntime", "int8",
-                  ort_runner(ort_session(str(tmp / f"{name}-int8.onnx")))),
-        Candidate(f"mint-choice ({result.published})", "onnxruntime", "chosen",
-                  ort_runner(ort_session(str(Path(result.path) / ONNX_FILE)))),
-    ]
+
+def bert_case(args: argparse.Namespace, console: Console, tmp: Path) -> Case:
+    """``mint optimize`` takes image classifiers only (its gate needs labelled images), so
+    for BERT the "choice" row is what it does without a gate: our FP32 ONNX passes, run with
+    the server's session settings; INT8 is ORT dynamic quantization (the usual for
+    transformers: weights S8 per channel, activations quantized per call)."""
+    torch.manual_seed(0)
+    net = BertEncoder().eval()
+    path = tmp / "bert.onnx"
+    ids = torch.randint(0, 30522, (2, SEQ_LEN))
+    console.print("[bold]bert_base[/]: ONNX export, passes, dynamic INT8 ...")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (ids,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["hidden"],
+                          dynamic_axes={"input": {0: "batch"}, "hidden": {0: "batch"}})
+    passed, _ = run_onnx_passes(onnx.load(str(path)))
+    onnx.save(passed, str(tmp / "bert-passes.onnx"))
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    config = choose_quant_config(cpu_features())
+    quantize_dynamic(str(path), str(tmp / "bert-int8.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True, reduce_range=config.reduce_range)
+    sample = np.random.default_rng(0).integers(0, 30522, size=(8, SEQ_LEN)).astype(np.int64)
+    return Case("bert_base", net, path, sample, "hidden",
+                Candidate("ort-int8-dynamic", "onnxruntime", "int8", ort_runner(
+                    ort_session(str(tmp / "bert-int8.onnx")), "hidden")),
+                Candidate("mint-fp32 (passes, server session)", "onnxruntime", "chosen",
+                          ort_runner(ort_session(str(tmp / "bert-passes.onnx")), "hidden")),
+                {"chosen": "fp32 passes (no gate data for INT8)", "published": "n/a",
+                 "reason": "mint optimize handles image classifiers only"})
+
+
+def peers(case: Case, args: argparse.Namespace, console: Console
+          ) -> tuple[list[Candidate], dict[str, Any]]:
+    """Every engine for one case. torch.compile's and partitioning's build times are
+    measured here (first call per batch shape for compile) and reported, never timed."""
+    extra: dict[str, Any] = {}
+    cands = [Candidate("torch-eager", "torch", "fp32", torch_runner(case.net)),
+             Candidate("torch-eager-1t", "torch", "fp32", torch_runner(case.net, 1))]
+    if args.compile:
+        compiled: nn.Module = torch.compile(case.net, dynamic=False)  # type: ignore[assignment]
+        run = torch_runner(compiled)
+        for b in BATCHES:
+            start = time.perf_counter()
+            run(np.ascontiguousarray(np.resize(case.sample, (b, *case.sample.shape[1:]))))
+            extra[f"compile_s_b{b}"] = round(time.perf_counter() - start, 1)
+        cands.append(Candidate("torch-compile", "torch", "fp32", run))
+    cands.append(Candidate("ort-default", "onnxruntime", "fp32", ort_runner(
+        ort.InferenceSession(str(case.onnx_path), providers=["CPUExecutionProvider"]),
+        case.output)))
+    try:
+        cands.append(Candidate("openvino", "openvino", "fp32",
+                               openvino_runner(str(case.onnx_path))))
+    except ImportError:
+        console.print("openvino not installed: row skipped")
+    cands.append(case.int8)
+    if not args.no_partition:
+        start = time.perf_counter()
+        try:
+            part = partition_model(case.net, torch.from_numpy(case.sample[:2]))
+            extra["partition_s"] = round(time.perf_counter() - start, 1)
+            extra["partition"] = {"groups": [g.torch_nodes for g in part.groups],
+                                  "torch_ops": part.torch_ops}
+            cands.append(Candidate("partitioned (torch.export + ORT groups)", "torch",
+                                   "fp32", torch_runner(part.module())))
+        except Exception as exc:  # report, keep benchmarking the others
+            extra["partition_error"] = str(exc).splitlines()[0][:200]
+            console.print(f"partitioning failed: {extra['partition_error']}")
+    cands.append(case.choice)
+    return cands, extra
+
+
+def bench_model(name: str, args: argparse.Namespace, console: Console, tmp: Path
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    case = bert_case(args, console, tmp) if name == "bert_base" else image_case(
+        name, args, console, tmp)
+    candidates, extra = peers(case, args, console)
+    # Conv/Gemm/MatMul FLOPs are linear in the batch; counting once at the largest batch
+    # avoids shape inference at batch 1, which leaves BERT's attention shapes unknown.
+    per_row = graph_flops(onnx.load(str(case.onnx_path)), max(BATCHES)) / max(BATCHES)
+    flops = {b: per_row * b for b in BATCHES}
     console.print(f"[bold]{name}[/]: {args.rounds} interleaved rounds x {len(candidates)} "
                   f"engines x batches {BATCHES}")
-    timings = measure(candidates, BATCHES, sample, rounds=args.rounds, iters=args.iters)
+    foreign = ForeignCpu()
+    started = time.perf_counter()
+    timings = measure(candidates, BATCHES, case.sample, rounds=args.rounds, iters=args.iters)
+    wall = time.perf_counter() - started
     rows = []
     for cand in candidates:
         for b in BATCHES:
             t = timings[cand.name][b]
-            flops = graph_flops(onnx_model, b)
             rows.append({"model": name, "batch": b, "engine": cand.name,
                          "p50_ms": round(t.p50_ms, 2), "p99_ms": round(t.p99_ms, 2),
-                         "spread": round(t.spread, 3), "gflop": round(flops / 1e9, 3),
-                         "gflops": round(flops / (t.p50_ms / 1e3) / 1e9, 1)})
-    return rows, {"model": name, "chosen": result.chosen, "published": result.published,
-                  "reason": result.report["reason"]}
+                         "spread": round(t.spread, 3), "gflop": round(flops[b] / 1e9, 3),
+                         "gflops": round(flops[b] / (t.p50_ms / 1e3) / 1e9, 1)})
+    info = {"model": name, **case.info, **extra, "measure_s": round(wall, 1),
+            # Share of the machine's CPU time that other processes used while we measured.
+            "foreign_cpu": round(foreign.seconds() / (wall * (os.cpu_count() or 1)), 2)}
+    return rows, info
 
 
 def main() -> int:
@@ -163,7 +286,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--images", type=int, default=24, help="labelled images per split")
-    parser.add_argument("--models", default="mobilenet_v2,resnet50")
+    parser.add_argument("--models", default="mobilenet_v2,resnet50,bert_base")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile rows (20-40 s compile per model and shape)")
+    parser.add_argument("--no-partition", action="store_true",
+                        help="skip the partitioned rows (torch.export + ONNX per group)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     console = Console(stderr=args.json, width=150)
@@ -182,16 +309,20 @@ def main() -> int:
                         f"{peak['matmul_gflops']}/{peak['matmul_gflops_after']} matmul "
                         f"(before/after)")
     for col in ("model", "batch", "engine", "p50 ms", "p99 ms", "spread", "GFLOP",
-                "GFLOP/s", "% matmul peak"):
+                "GFLOP/s", "% theor.", "% matmul peak"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in rows:
         table.add_row(r["model"], str(r["batch"]), r["engine"], f"{r['p50_ms']:.1f}",
                       f"{r['p99_ms']:.1f}", f"{r['spread']:.0%}", f"{r['gflop']:.2f}",
-                      f"{r['gflops']:.1f}", f"{r['gflops'] / peak['matmul_gflops']:.0%}")
+                      f"{r['gflops']:.1f}", f"{r['gflops'] / peak['gflops']:.0%}",
+                      f"{r['gflops'] / peak['matmul_gflops']:.0%}")
     console.print(table)
     for c in choices:
         console.print(f"{c['model']}: mint optimize chose {c['chosen']} "
-                      f"(published {c['published']})")
+                      f"(published {c['published']}); foreign CPU {c['foreign_cpu']:.0%} "
+                      f"during {c['measure_s']} s of measuring; "
+                      + ", ".join(f"{k} {v}" for k, v in c.items()
+                                  if k.startswith(("compile", "partition"))))
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     console.print(f"load average before {load_before}, after {load_after}")
     if args.json:

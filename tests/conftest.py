@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,58 @@ def trained(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path) -> Trai
 @pytest.fixture(scope="session")
 def trained_repo(trained: TrainResult) -> Path:
     return Path(trained.run_dir).parents[1] / "models"
+
+
+# --- PostgreSQL, started for the session (issue 6: shared Optuna storage; the web app too) ----
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1 and a free port, as
+    ``postgresql://mint@127.0.0.1:PORT/mint`` (trust auth; SQLAlchemy wants the
+    ``postgresql+psycopg://`` spelling for psycopg 3). initdb refuses to run as root, so as
+    root the cluster belongs to the ``postgres`` system user. Skips when PostgreSQL is absent."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="mint-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres", "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = base / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "mint",
+                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    server = subprocess.Popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+         "-h", "127.0.0.1", "-k", str(base), "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"PostgreSQL did not start on port {port}")
+            time.sleep(0.2)
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "mint", "mint"], check=True, capture_output=True)
+        yield f"postgresql://mint@127.0.0.1:{port}/mint"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(base, ignore_errors=True)

@@ -35,7 +35,8 @@ def _emit_json(obj: Any) -> None:
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Argument(
-        help="Data folder: <class>/* or train|val/<class>/*")] = None,
+        help="Data folder (<class>/* or train|val/<class>/*; images or .wav) or a .tsv/.csv "
+             "file (text)")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the repository.")] = None,
     repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
     budget: Annotated[float | None, typer.Option(
@@ -48,8 +49,35 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object.")] = False,
+    group_by: Annotated[str | None, typer.Option(
+        help="Regex over file names (first group, e.g. '_(\\[a-z]+)_'): keep each group on one "
+             "side of the train/val split.")] = None,
+    reject_dir: Annotated[Path | None, typer.Option(
+        help="Folder of out-of-domain examples: adds an 'other' class.")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="Text tasks: the label column (default: auto-detected).")] = None,
+    text_column: Annotated[str | None, typer.Option(
+        help="Text tasks: the text column (default: auto-detected).")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Study database shared by workers, e.g. postgresql://user@host/db "
+             "(default: SQLite in the run directory).")] = None,
+    worker: Annotated[bool, typer.Option(
+        help="Only run trials of the shared --storage study; publish nothing.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Run trials on this Ray cluster (ADDRESS, e.g. 127.0.0.1:6379).")] = None,
+    max_trials: Annotated[int | None, typer.Option(
+        help="Stop the search after this many trials (default: only the budget).")] = None,
+    candidates: Annotated[list[str] | None, typer.Option(
+        "--candidates", help="Only these candidates (glob over names, e.g. 'mobilenet_v2/*'; "
+                             "repeatable).")] = None,
+    profile: Annotated[bool, typer.Option(
+        help="Profile training: torch.profiler window, advice, RUN/profile/report.html.")]
+    = False,
+    auto_tune: Annotated[bool, typer.Option(
+        help="Tune the image input pipeline on this data first (docs/profile.md).")] = False,
 ) -> None:
-    """Check the data, train with transfer learning, evaluate, publish a new version."""
+    """Search models within --budget (baselines, then pruned fine-tuning trials), evaluate,
+    publish the best. --epochs N instead trains one fixed MobileNetV2 recipe (no search)."""
     from .train import TrainOptions
     from .train import resume as resume_run
     from .train import train as train_run
@@ -57,16 +85,26 @@ def train(
 
     console = err_console if as_json else Console()
     try:
+        from .search.run import is_search_run
+
+        if (resume is not None and is_search_run(resume)) or (resume is None and epochs is None):
+            if profile or auto_tune:
+                raise MintError("--profile and --auto-tune apply to the fixed recipe for now: "
+                                "add --epochs N")
+            _train_search(data, name, repo, budget, seed, runs_dir, resume, as_json, console,
+                          group_by=group_by, reject_dir=reject_dir, label_column=label_column,
+                          text_column=text_column, storage=storage, worker=worker, ray=ray,
+                          max_trials=max_trials, candidates=candidates or None)
+            return
         if resume is not None:
             result = resume_run(resume, console, budget=budget, started=COMMAND_STARTED)
         else:
             if data is None or name is None:
                 raise MintError("mint train needs a DATA folder and --name (or --resume RUN_DIR)")
-            if budget is None and epochs is None:
-                budget = 600.0
             result = train_run(TrainOptions(
                 data_root=str(data), name=name, repo=str(repo), runs_dir=str(runs_dir),
-                budget=budget, epochs=epochs, seed=seed, strict=strict), console,
+                budget=budget, epochs=epochs, seed=seed, strict=strict, profile=profile,
+                auto_tune=auto_tune), console,
                 started=COMMAND_STARTED)
     except MintError as exc:
         _fail(exc)
@@ -79,6 +117,58 @@ def train(
                   f"{result.epochs} epochs, run {result.run_dir})")
     if as_json:
         _emit_json(result.to_json())
+
+
+def _train_search(data: Path | None, name: str | None, repo: Path, budget: float | None,
+                  seed: int, runs_dir: Path, resume: Path | None, as_json: bool,
+                  console: Console, **extra: Any) -> None:
+    """The model search (issue 6): ``search.run`` does the work; this prints and exits."""
+    from .search.driver import SearchOptions
+    from .search.run import resume_search, search
+    from .train.evaluate import print_report
+
+    if resume is not None:
+        result = resume_search(resume, console, budget=budget, started=COMMAND_STARTED)
+    else:
+        if data is None or name is None:
+            raise MintError("mint train needs a DATA folder (or .tsv/.csv file) and --name "
+                            "(or --resume RUN_DIR)")
+        opts = SearchOptions(
+            data=str(data), name=name, repo=str(repo), runs_dir=str(runs_dir),
+            budget=600.0 if budget is None else budget, seed=seed,
+            reject_dir=None if extra["reject_dir"] is None else str(extra["reject_dir"]),
+            **{k: v for k, v in extra.items() if k != "reject_dir"})
+        result = search(opts, console, started=COMMAND_STARTED)
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if result.get("version") is not None:
+        print_report(result["report"]["evaluation"], console)
+        console.print(f"[green]published[/] {result['model']} version {result['version']} "
+                      f"(winner {result['winner']['candidate']}, val accuracy "
+                      f"{result['val_accuracy']:.1%}, {result['seconds']:.0f}s, "
+                      f"{len(result['trials'])} trials, run {result['run_dir']})")
+    if as_json:
+        _emit_json({k: v for k, v in result.items() if k != "report"})
+
+
+@app.command()
+def leaderboard(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory of mint train.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")]
+    = False,
+) -> None:
+    """Print the leaderboard of a model search: every trial, its metric, time, why it stopped."""
+    from .search.leaderboard import load, print_leaderboard
+
+    try:
+        board = load(run_dir)
+    except MintError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _emit_json(board)
+        return
+    print_leaderboard(board, Console())
 
 
 @app.command()
@@ -143,8 +233,11 @@ def serve(
 
 @app.command()
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    model: Annotated[str, typer.Option(help="Model name.")],
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="Image or sound (.wav) files, or folders.")] = None,
+    model: Annotated[str, typer.Option(help="Model name.")] = "",
+    text: Annotated[list[str] | None, typer.Option(
+        "--text", help="A text to classify (repeatable), for text models.")] = None,
     url: Annotated[str | None, typer.Option(help="Server URL, e.g. http://127.0.0.1:8000")]
     = None,
     repo: Annotated[Path | None, typer.Option(help="Predict in-process from a repository.")]
@@ -153,14 +246,20 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many labels to return per file.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
-    """Classify image files through a server (--url) or a repository (--repo)."""
+    """Classify image or sound files, or --text strings, through a server (--url) or a
+    repository (--repo)."""
     from .client import predict as run_predict
-    from .client import print_predictions
+    from .client import predict_texts, print_predictions
 
     if (url is None) == (repo is None):
         _fail(MintError("mint predict needs exactly one of --url or --repo"))
+    if not model or bool(files) == bool(text):
+        _fail(MintError("mint predict needs --model and either files or --text (not both)"))
     try:
-        preds = run_predict(files, model, url=url, repo=repo, version=version, top_k=top_k)
+        preds = (predict_texts(text or [], model, url=url, repo=repo, version=version,
+                               top_k=top_k) if text else
+                 run_predict(files or [], model, url=url, repo=repo, version=version,
+                             top_k=top_k))
     except MintError as exc:
         _fail(exc)
         return
@@ -289,5 +388,66 @@ def optimize(
         _emit_json(result.to_json())
 
 
+@app.command("app")
+def web_app(
+    data_dir: Annotated[Path | None, typer.Option(help="Where projects, uploads, runs, models "
+                                                  "and the SQLite database live "
+                                                  "(default ~/.modelmint).")] = None,
+    database: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in --data-dir).")]
+    = None,
+    host: Annotated[str, typer.Option(
+        help="Address to bind; anything but loopback requires the access token.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the app.")] = 8080,
+    serve_url: Annotated[str | None, typer.Option(
+        help="Use this running `mint serve DATA_DIR/serving` instead of starting one.")] = None,
+    upload_max_bytes: Annotated[int, typer.Option(help="Largest single upload, bytes.")]
+    = 2 * 1024**3,
+    zip_max_entries: Annotated[int, typer.Option(help="Most entries in one zip.")] = 100_000,
+    zip_max_uncompressed: Annotated[int, typer.Option(
+        help="Largest total uncompressed size of one zip, bytes.")] = 10 * 1024**3,
+    zip_max_ratio: Annotated[float, typer.Option(
+        help="Largest compression ratio of a zip or an entry (zip bomb guard).")] = 100.0,
+) -> None:
+    """The web app: projects, upload and label data, train, evaluate, deploy, try, SDK."""
+    from .app import AppSettings, run_app
+
+    settings = AppSettings(host=host, port=port, database=database, serve_url=serve_url,
+                           upload_max_bytes=upload_max_bytes, zip_max_entries=zip_max_entries,
+                           zip_max_uncompressed=zip_max_uncompressed,
+                           zip_max_ratio=zip_max_ratio)
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    try:
+        run_app(settings, Console())
+    except MintError as exc:
+        _fail(exc)
+
+
 if __name__ == "__main__":
     app()
+
+
+@app.command("profile")
+def profile_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or its profile/ folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")]
+    = False,
+) -> None:
+    """Analyse a training run's profile: where step time goes, the bottleneck, what to change."""
+    from .profile import analyze, write_report
+    from .profile.commands import print_analysis
+
+    try:
+        analysis = analyze(run_dir)
+        html = write_report(run_dir)
+    except MintError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _emit_json({**analysis.to_json(), "report": str(html)})
+        return
+    console = Console()
+    print_analysis(analysis, console)
+    console.print(f"report: {html}")

@@ -1,6 +1,8 @@
-"""Classify image files with a served model (over V2 HTTP) or straight from a repository.
+"""Classify image or sound files, or text strings, with a served model (over V2 HTTP) or
+straight from a repository.
 
-Both paths send the same V2 request (``image`` input, ``classification: k`` output) through
+Both paths send the same V2 request (``image``, ``audio`` — chosen by the file extension — or
+``text`` input; ``classification: k`` output) through
 the same :class:`~modelmint.serve.DataPlane` semantics; the repository path simply runs that
 data plane in-process. One unreadable or undecodable file is reported in its
 :attr:`Prediction.error` and never fails the rest.
@@ -26,6 +28,7 @@ from .errors import InvalidInput, MintError, ModelNotReady, NotFound, PayloadToo
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
                               ".tiff"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
 MAX_FILES_PER_REQUEST = 16
 # Base64 inflates by 4/3; staying near 8 MiB of files keeps a request well inside the server's
 # default 16 MiB body limit. A single larger file is still sent, alone.
@@ -63,7 +66,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(Path(root) / f for f in sorted(files) if not f.startswith(".")
-                             and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+                             and Path(f).suffix.lower() in IMAGE_EXTENSIONS | AUDIO_EXTENSIONS)
         elif path.is_file():
             found.append(path)
         else:
@@ -78,8 +81,13 @@ def parse_classification(item: bytes | str) -> tuple[str, float]:
     return (label[0] if label else index), float(score)
 
 
+def input_name(path: Path) -> str:
+    """The raw input a file goes to: ``audio`` for sound files, else ``image``."""
+    return "audio" if path.suffix.lower() in AUDIO_EXTENSIONS else "image"
+
+
 class _Backend(Protocol):
-    def classify(self, images: list[bytes], k: int) -> list[TopK]: ...
+    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]: ...
 
     def close(self) -> None: ...
 
@@ -91,10 +99,13 @@ class _HttpBackend:
         self.path = path + (f"/versions/{version}" if version is not None else "") + "/infer"
         self.http = httpx.Client(base_url=base, timeout=timeout)
 
-    def classify(self, images: list[bytes], k: int) -> list[TopK]:
+    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]:
+        # JSON carries text as strings and encoded files as base64 (the server's BASE64_INPUTS).
+        data = ([b.decode("utf-8") for b in images] if name == "text"
+                else [base64.b64encode(b).decode("ascii") for b in images])
         body = {
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)],
-                        "data": [base64.b64encode(b).decode("ascii") for b in images]}],
+            "inputs": [{"name": name, "datatype": "BYTES", "shape": [len(images)],
+                        "data": data}],
             "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
         }
         try:
@@ -131,13 +142,13 @@ class _LocalBackend:
         self.dataplane = DataPlane(repo, models=())
         self.dataplane.load_model(model, version)
 
-    def classify(self, images: list[bytes], k: int) -> list[TopK]:
+    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]:
         from .serve.types import InferInput, InferRequest, RequestedOutput
 
         data = np.empty(len(images), dtype=np.object_)
         data[:] = images
         request = InferRequest(
-            inputs=[InferInput("image", "BYTES", [len(images)], data)],
+            inputs=[InferInput(name, "BYTES", [len(images)], data)],
             outputs=[RequestedOutput("probabilities", {"classification": k})])
         result = self.dataplane.infer_sync(self.model, self.version, request)
         table = result.output("probabilities").data
@@ -175,6 +186,28 @@ def predict(paths: list[Path], model: str, *, url: str | None = None, repo: Path
     return [results[p] for p in [*missing, *files]]
 
 
+def predict_texts(texts: list[str], model: str, *, url: str | None = None,
+                  repo: Path | None = None, version: int | None = None, top_k: int = 3,
+                  timeout: float = 120.0) -> list[Prediction]:
+    """Top-``top_k`` labels for every text (a text-classification model's ``text`` input);
+    ``Prediction.file`` holds the text."""
+    if (url is None) == (repo is None):
+        raise InvalidInput("give exactly one of url (a running server) or repo (a model "
+                           "repository to run in-process)")
+    backend: _Backend = (_HttpBackend(url, model, version, timeout) if url is not None
+                         else _LocalBackend(Path(repo or "."), model, version))
+    preds = []
+    try:
+        for start in range(0, len(texts), MAX_FILES_PER_REQUEST):
+            chunk = texts[start:start + MAX_FILES_PER_REQUEST]
+            rows = backend.classify([t.encode("utf-8") for t in chunk], top_k, "text")
+            preds += [Prediction(t, row[0][0], row[0][1], row) for t, row in
+                      zip(chunk, rows, strict=True)]
+    finally:
+        backend.close()
+    return preds
+
+
 def _batches(files: list[Path]) -> Iterator[list[Path]]:
     batch: list[Path] = []
     size = 0
@@ -202,7 +235,8 @@ def _predict_batch(backend: _Backend, batch: list[Path], k: int) -> list[Predict
             preds[path] = Prediction(str(path), error=f"cannot read: {exc.strerror or exc}")
     if readable:
         try:
-            rows = backend.classify([blob for _, blob in readable], k)
+            rows = backend.classify([blob for _, blob in readable], k,
+                                    input_name(readable[0][0]))
         except InvalidInput as exc:
             if len(readable) == 1:
                 preds[readable[0][0]] = Prediction(str(readable[0][0]), error=str(exc))

@@ -34,6 +34,10 @@ class ImageDecodeError(InvalidInput):
     """Bytes that are not a decodable image (or exceed the pixel limit)."""
 
 
+class AudioDecodeError(InvalidInput):
+    """Bytes that are not a decodable sound file (or exceed the duration limit)."""
+
+
 class DataError(InvalidInput):
     """A data folder that cannot be trained on (layout, no classes, too few images)."""
 
@@ -93,3 +97,17 @@ class DeadlineExceeded(MintError):
 
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
+
+
+class Unauthorized(MintError):
+    """A request without the access token where one is required (mint app off loopback)."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class Conflict(MintError):
+    """The request contradicts the current state (e.g. deleting a project that is deployed)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"

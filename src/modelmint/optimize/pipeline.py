@@ -24,6 +24,7 @@ from ..errors import DataError, InvalidInput, NotFound, RepositoryError
 from ..repository import METADATA_FILE, ONNX_FILE, ModelMetadata, ModelRepository, VersionRef
 from . import passes_onnx
 from .measure import Candidate, Timing, measure, ort_runner, ort_session
+from .openvino_path import openvino_candidates
 from .quantize import (
     QuantConfig,
     choose_quant_config,
@@ -83,7 +84,7 @@ def load_labelled(meta: ModelMetadata, limit: int | None = None) -> LabelledImag
             file = Path(root) / rel
             if not file.is_file() or label not in meta.labels:
                 continue
-            images.append(preprocess(file, meta.preprocessing))
+            images.append(preprocess(file, meta.image_spec()))
             labels.append(meta.labels.index(label))
             is_val.append(part == "val")
     if not images:
@@ -167,7 +168,9 @@ def optimize(path: str | Path, target: str = "cpu", max_accuracy_drop: float = 1
             notes.append("INT8 not published: every quantized variant failed the gate, FP32 "
                          "kept (see quantization)")
         if include_torch:
-            for cand in torch_candidates(ref.path, meta, include_compile, notes):
+            # OpenVINO is a peer engine like the torch paths: measured, reported, not served.
+            for cand in [*torch_candidates(ref.path, meta, include_compile, notes),
+                         *openvino_candidates(str(tmp / "fp32.onnx"), notes)]:
                 d = _max_diff(cand, base, data.images[:2])
                 if d > FP32_TOLERANCE:
                     notes.append(f"{cand.name} dropped: differs from ONNX by {d:.2e}")

@@ -114,6 +114,6 @@ def choose(candidates: Sequence[Candidate], timings: dict[str, dict[int, Timing]
     if failed:
         reason += "; rejected by the gate: " + ", ".join(failed)
     if publish is not winner:
-        reason += (f"; {winner.name} is a torch path, which the ONNX server cannot run, so the "
-                   f"fastest ONNX candidate {publish.name} is published")
+        reason += (f"; {winner.name} runs on {winner.engine}, which the ONNX server cannot "
+                   f"run, so the fastest ONNX candidate {publish.name} is published")
     return Choice(winner.name, publish.name, reason, ranking)

@@ -2,10 +2,11 @@
 
 Schema (``format: modelmint/1``)::
 
-    name, version, task ("image-classification"), architecture, created
+    name, version, task ("image-/audio-/text-classification"), architecture, created
     inputs / outputs: [{name, datatype, shape}]   (V2 datatypes; -1 = dynamic)
     labels: [str]                                 (index = class id)
-    preprocessing: ImageSpec.to_json()
+    preprocessing: ImageSpec | AudioSpec | TextSpec .to_json(), chosen by its "kind"
+                   (absent kind: image, as every version before issue 6 wrote it)
     metrics: {val_accuracy, ...}
     provenance: {data_root, data_fingerprint, split: {train, val}, backbone, hyperparameters, ...}
     files: {onnx: "model.onnx", weights: "model.safetensors", report: "report.json"}
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.audio import AudioSpec
 from ..data.preprocess import ImageSpec
+from ..data.text import TextSpec
 from ..errors import RepositoryError
 
 FORMAT = "modelmint/1"
@@ -27,6 +30,33 @@ ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"
 REPORT_FILE = "report.json"
 WARMUP_DIR = "warmup"
+
+
+PreprocessingSpec = ImageSpec | AudioSpec | TextSpec
+# The raw (encoded) input each modality accepts beside the preprocessed FP32 ``input``.
+RAW_INPUTS = {"image": "image", "audio": "audio", "text": "text"}
+
+
+def spec_from_json(data: dict[str, Any]) -> PreprocessingSpec:
+    """The preprocessing spec of a version, by its ``kind``."""
+    kind = data.get("kind", "image")
+    if kind == "audio":
+        return AudioSpec.from_json(data)
+    if kind == "text":
+        return TextSpec.from_json(data)
+    if kind == "image":
+        return ImageSpec.from_json(data)
+    raise ValueError(f"preprocessing kind {kind!r}; expected one of {sorted(RAW_INPUTS)}")
+
+
+preprocessing_from_json = spec_from_json  # the name search/publish.py looks up
+
+
+def input_shape(spec: PreprocessingSpec) -> list[int]:
+    """The FP32 ``input`` tensor's shape, without the batch axis."""
+    if isinstance(spec, ImageSpec):
+        return [3, spec.crop, spec.crop]
+    return list(spec.shape)
 
 
 @dataclass
@@ -52,16 +82,28 @@ class ModelMetadata:
     name: str
     labels: list[str]
     architecture: str
-    preprocessing: ImageSpec
+    preprocessing: PreprocessingSpec
     task: str = "image-classification"
     version: int | None = None
     created: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def image_spec(self) -> ImageSpec:
+        """The image preprocessing spec, for the image-only paths (export, optimize)."""
+        if not isinstance(self.preprocessing, ImageSpec):
+            raise RepositoryError(f"model {self.name!r}: a {self.task} version (preprocessing "
+                                  f"kind {self.preprocessing.kind!r}); this needs an image model")
+        return self.preprocessing
+
     @property
     def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        return image_classifier_signature(len(self.labels), self.preprocessing.crop)
+        spec = self.preprocessing
+        if isinstance(spec, ImageSpec):
+            return image_classifier_signature(len(self.labels), spec.crop)
+        inputs = [TensorSpec("input", "FP32", [-1, *input_shape(spec)]),
+                  TensorSpec(RAW_INPUTS[spec.kind], "BYTES", [-1])]
+        return inputs, [TensorSpec("probabilities", "FP32", [-1, len(self.labels)])]
 
     def to_json(self) -> dict[str, Any]:
         inputs, outputs = self.signature
@@ -92,7 +134,7 @@ class ModelMetadata:
                 name=str(data["name"]),
                 labels=[str(x) for x in data["labels"]],
                 architecture=str(data["architecture"]),
-                preprocessing=ImageSpec.from_json(data["preprocessing"]),
+                preprocessing=spec_from_json(data["preprocessing"]),
                 task=str(data.get("task", "image-classification")),
                 version=data.get("version"),
                 created=str(data.get("created", "")),

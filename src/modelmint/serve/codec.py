@@ -52,7 +52,7 @@ __all__ = ["HEADER_LENGTH", "decode_request", "encode_response", "parse_header_l
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # JSON cannot carry raw bytes, so in JSON bodies these BYTES inputs hold base64 text. Binary
 # bodies (and gRPC) carry the raw bytes, which is why this is decided here and not in the model.
-BASE64_INPUTS: frozenset[str] = frozenset({"image"})
+BASE64_INPUTS: frozenset[str] = frozenset({"image", "audio"})  # "text" stays plain strings
 
 def parse_header_length(value: str | None, body_size: int) -> int | None:
     """Validate the ``Inference-Header-Content-Length`` header against the body size."""

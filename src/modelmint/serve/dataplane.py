@@ -104,7 +104,7 @@ class DataPlane:
         if self.isolation == "process":
             what = f"model {s.ref.model!r} version {s.version}"
             s.executor = ProcessExecutor(
-                onnx, s.model.spec.crop, what, arena=self.arena, jemalloc=self.jemalloc,
+                onnx, s.model.slot_crop, what, arena=self.arena, jemalloc=self.jemalloc,
                 on_exit=lambda reason: self.lifecycle.worker_died(s, reason))
         else:
             s.executor = ThreadExecutor(onnx, self._executor)

@@ -65,6 +65,8 @@ class ThreadExecutor:
         self.pool = pool
         try:
             self.session = _session(str(onnx), os.cpu_count() or 1, True)
+        except RepositoryError:
+            raise  # already names the file and the problem
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise RepositoryError(f"{onnx}: onnxruntime cannot load it ({exc})") from exc
 

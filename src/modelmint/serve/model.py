@@ -1,5 +1,6 @@
 """One model version's request semantics: which inputs are accepted, validation,
-preprocessing of ``image`` inputs, classification post-processing and their error messages.
+preprocessing of the raw inputs (``image``, ``audio`` WAV files or ``text`` UTF-8 strings, by
+the version's preprocessing kind), classification post-processing and their error messages.
 
 Where the ONNX session runs is not its concern (see :mod:`.executors`): :meth:`LoadedModel.prepare`
 turns a request into the FP32 batch an executor runs, :meth:`LoadedModel.respond` turns the
@@ -12,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.preprocess import preprocess_batch
+from ..data.audio import AudioSpec, preprocess_audio_batch
+from ..data.preprocess import ImageSpec, preprocess_batch
+from ..data.text import TextEncoder, TextSpec, decode_texts
 from ..errors import InvalidInput, MintError, RepositoryError
 from ..repository import ONNX_FILE, WARMUP_DIR, ModelMetadata, VersionRef
+from ..repository.metadata import RAW_INPUTS, input_shape
 from .codec import decode_request
 from .types import BYTES, InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
 
@@ -39,18 +43,29 @@ class LoadedModel:
         self.labels = list(self.metadata.labels)
         self.spec = self.metadata.preprocessing
         self.max_batch_size = max_batch_size
+        self.raw_input = RAW_INPUTS[self.spec.kind]  # "image", "audio" or "text"
+        self.item_shape = input_shape(self.spec)  # of ``input``, without the batch axis
+        # Vocabulary lookups are built once per version, not per request.
+        self._text = TextEncoder(self.spec) if isinstance(self.spec, TextSpec) else None
+
+    @property
+    def slot_crop(self) -> int:
+        """Sizes the worker's shared-memory slots (8 images of this crop): image crop, or 224,
+        whose 4.8 MB slots hold 8 log-mels or TF-IDF rows of up to 150k terms."""
+        return self.spec.crop if isinstance(self.spec, ImageSpec) else 224
 
     def check_io(self, inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]) -> None:
         """Refuse at load time a graph that would fail (with a 500) on every request."""
         where = self.ref.path / ONNX_FILE
-        crop = self.spec.crop
         if TENSOR_INPUT not in inputs or OUTPUT not in outputs:
             raise RepositoryError(f"{where}: expected input {TENSOR_INPUT!r} and output "
                                   f"{OUTPUT!r}, found {sorted(inputs)} -> {sorted(outputs)}")
         shape = list(inputs[TENSOR_INPUT])
-        if len(shape) != 4 or isinstance(shape[0], int) or shape[1:] != [3, crop, crop]:
+        if (len(shape) != 1 + len(self.item_shape) or isinstance(shape[0], int)
+                or shape[1:] != self.item_shape):
             raise RepositoryError(f"{where}: input {TENSOR_INPUT!r} has shape {shape}, expected "
-                                  f"[batch, 3, {crop}, {crop}] with a dynamic batch axis")
+                                  f"[batch, {', '.join(map(str, self.item_shape))}] with a "
+                                  "dynamic batch axis")
         classes = list(outputs[OUTPUT])[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise RepositoryError(f"{where}: output {OUTPUT!r} has {classes} classes but "
@@ -92,14 +107,16 @@ class LoadedModel:
         return InferResponse(self.name, str(self.version), request.id, outputs)
 
     def _expects(self) -> str:
-        crop = self.spec.crop
-        return (f"model {self.name!r} takes exactly one of {TENSOR_INPUT!r} (FP32 [N, 3, {crop}, "
-                f"{crop}]) or {IMAGE_INPUT!r} (BYTES [N], encoded image files)")
+        dims = ", ".join(map(str, self.item_shape))
+        what = {"image": "encoded image files", "audio": "sound files such as WAV",
+                "text": "UTF-8 strings"}[self.spec.kind]
+        return (f"model {self.name!r} takes exactly one of {TENSOR_INPUT!r} (FP32 [N, {dims}]) "
+                f"or {self.raw_input!r} (BYTES [N], {what})")
 
     def _batch(self, inputs: list[InferInput]) -> np.ndarray:
         names = [t.name for t in inputs]
         for name in names:
-            if name not in (TENSOR_INPUT, IMAGE_INPUT):
+            if name not in (TENSOR_INPUT, self.raw_input):
                 raise InvalidInput(f"unknown input {name!r}; {self._expects()}")
             if names.count(name) > 1:
                 raise InvalidInput(f"input {name!r} is given more than once")
@@ -107,7 +124,7 @@ class LoadedModel:
             given = "both inputs were given" if names else "no input was given"
             raise InvalidInput(f"{given}; {self._expects()}")
         tensor = inputs[0]
-        return self._tensor_batch(tensor) if tensor.name == TENSOR_INPUT else self._image_batch(
+        return self._tensor_batch(tensor) if tensor.name == TENSOR_INPUT else self._raw_batch(
             tensor)
 
     def _check_batch(self, name: str, n: int) -> None:
@@ -116,13 +133,12 @@ class LoadedModel:
                                f"max_batch_size of {self.max_batch_size}; split the request")
 
     def _tensor_batch(self, tensor: InferInput) -> np.ndarray:
-        crop = self.spec.crop
-        expected = f"expected FP32 [N, 3, {crop}, {crop}] with N >= 1"
+        expected = f"expected FP32 [N, {', '.join(map(str, self.item_shape))}] with N >= 1"
         if tensor.datatype != "FP32":
             raise InvalidInput(f"input {TENSOR_INPUT!r}: datatype is {tensor.datatype}, "
                                f"{expected}")
         shape = list(tensor.shape)
-        if len(shape) != 4 or shape[0] < 1 or shape[1:] != [3, crop, crop]:
+        if len(shape) != 1 + len(self.item_shape) or shape[0] < 1 or shape[1:] != self.item_shape:
             raise InvalidInput(f"input {TENSOR_INPUT!r}: shape is {shape}, {expected}")
         data = tensor.data
         if data.dtype != np.float32 or list(data.shape) != shape:
@@ -134,25 +150,33 @@ class LoadedModel:
             raise InvalidInput(f"input {TENSOR_INPUT!r}: contains NaN or infinite values")
         return np.ascontiguousarray(data)
 
-    def _image_batch(self, tensor: InferInput) -> np.ndarray:
-        expected = "expected BYTES [N] (one encoded image file per element) with N >= 1"
+    def _raw_batch(self, tensor: InferInput) -> np.ndarray:
+        name, kind = self.raw_input, self.spec.kind
+        element = {"image": "one encoded image file", "audio": "one sound file",
+                   "text": "one UTF-8 string"}[kind]
+        expected = f"expected BYTES [N] ({element} per element) with N >= 1"
         if tensor.datatype != BYTES:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: datatype is {tensor.datatype}, "
-                               f"{expected}")
+            raise InvalidInput(f"input {name!r}: datatype is {tensor.datatype}, {expected}")
         if len(tensor.shape) != 1 or tensor.shape[0] < 1:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: shape is {list(tensor.shape)}, "
-                               f"{expected}")
-        self._check_batch(IMAGE_INPUT, tensor.shape[0])
-        blobs: list[bytes] = []
-        for i, item in enumerate(tensor.data.ravel()):
-            if not isinstance(item, bytes):
-                raise InvalidInput(f"{IMAGE_INPUT}[{i}]: expected bytes of an encoded image, "
-                                   f"got {type(item).__name__}")
-            blobs.append(item)
-        if len(blobs) != tensor.shape[0]:
-            raise InvalidInput(f"input {IMAGE_INPUT!r}: has {len(blobs)} elements, shape says "
+            raise InvalidInput(f"input {name!r}: shape is {list(tensor.shape)}, {expected}")
+        self._check_batch(name, tensor.shape[0])
+        items = list(tensor.data.ravel())
+        if len(items) != tensor.shape[0]:
+            raise InvalidInput(f"input {name!r}: has {len(items)} elements, shape says "
                                f"{tensor.shape[0]}")
-        return preprocess_batch(blobs, self.spec, name=IMAGE_INPUT)
+        if self._text is not None:
+            return self._text.encode_batch(decode_texts(items, name), name)
+        blobs: list[bytes] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, bytes):
+                what = "an encoded image" if kind == "image" else "a sound file"
+                raise InvalidInput(f"{name}[{i}]: expected bytes of {what}, got "
+                                   f"{type(item).__name__}")
+            blobs.append(item)
+        if isinstance(self.spec, AudioSpec):
+            return preprocess_audio_batch(blobs, self.spec, name=name)
+        assert isinstance(self.spec, ImageSpec)
+        return preprocess_batch(blobs, self.spec, name=name)
 
     def _requested(self, requested: list[RequestedOutput]) -> list[RequestedOutput]:
         if not requested:

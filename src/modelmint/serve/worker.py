@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import RepositoryError
+
 OUTPUT = "probabilities"
 INPUT = "input"
 
@@ -71,6 +73,11 @@ def _promote() -> bool:
 
 
 def _session(onnx: str, threads: int, arena: bool) -> Any:
+    from .torch_runner import TorchSession, needs_torch  # imports torch only when needed
+
+    version_dir = Path(onnx).parent
+    if needs_torch(version_dir):  # a partitioned version: a torch program with ONNX subgraphs
+        return TorchSession(version_dir, threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -90,6 +97,9 @@ def main(argv: list[str]) -> None:
         size = int(slots) * int(slot_bytes)
         with open(shm_path, "r+b") as f:
             shared = mmap.mmap(f.fileno(), size) if size else None
+    except RepositoryError as exc:  # already says what is wrong (e.g. torch is missing)
+        conn.send(("error", str(exc)))
+        return
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         conn.send(("error", f"onnxruntime cannot load it ({exc})"))
         return

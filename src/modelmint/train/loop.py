@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..profile.trace import StepTracer
 from .backbone import Classifier
 from .cache import ActivationCache
 
@@ -80,6 +81,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self._epoch_seconds: float | None = None
         self._last_save = time.monotonic()
+        self.tracer = StepTracer()  # always-on step trace; with --profile run.py sets a run_dir
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self) -> None:
@@ -156,6 +158,8 @@ class Trainer:
             if early_stop and self.state.patience_left == 0:
                 self.state.stop_reason = f"{stage}: early stop (val loss flat {patience} epochs)"
                 break
+            # Head epochs take milliseconds on pooled features: they always run to their own
+            # early stop, so even a budget spent on the cache yields a trained head.
             if not head and not self._epoch_fits():
                 self.state.stop_reason = "budget reached"
                 break
@@ -199,20 +203,23 @@ class Trainer:
         self._set_train_mode(stage)
         total, seen = 0.0, 0
         bs = self.hyper.batch_size
-        for i in range(0, len(order), bs):
+        tracer = self.tracer  # gathering a batch from the cache is this loop's data wait
+        batches = ((order[i:i + bs], x[order[i:i + bs]]) for i in range(0, len(order), bs))
+        for idx, xb in tracer.loader(batches):
             if stage == "finetune" and self.fixed_epochs is None and self.deadline is not None \
                     and time.monotonic() > self.deadline:
                 raise _Deadline
-            idx = order[i:i + bs]
-            xb = x[idx]
-            logits = self.model.head(xb) if features is not None else \
-                self.model.from_activations(xb)
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.optimizer.step()
-            total += float(loss) * len(idx)
+            with tracer.phase("compute"):
+                logits = self.model.head(xb) if features is not None else \
+                    self.model.from_activations(xb)
+                loss = nn.functional.cross_entropy(logits, y[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+            with tracer.phase("tail"):
+                self.optimizer.step()
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
+            tracer.end_step(samples=len(idx))
         return total / max(seen, 1)
 
     def validate(self, features: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor]:
@@ -240,7 +247,13 @@ class Trainer:
         if improved:
             self.state.best_val_loss = val_loss
             self.state.best_from = f"{stage} epoch {epoch}"
-            self.best = copy.deepcopy(self.model.state_dict())
+            # Only what this stage trains can have changed: copying the whole model every
+            # improving head epoch (milliseconds of training) used to dominate the head stage.
+            trained = self.model.head if stage == "head" else self.model
+            prefix = "head." if stage == "head" else ""
+            self.best.update({prefix + k: v.detach().clone()
+                              for k, v in trained.state_dict().items()
+                              if not (prefix + k).startswith("prefix.")})
             self.state.patience_left = (self.hyper.head_patience if stage == "head"
                                         else self.hyper.finetune_patience)
         else:

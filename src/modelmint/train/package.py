@@ -38,7 +38,7 @@ def write_version(directory: Path, version: int, classifier: nn.Module, meta: Mo
                   report: dict[str, Any] | None = None,
                   warmup_images: Sequence[bytes] = ()) -> None:
     classifier = classifier.eval()
-    export_onnx(classifier, directory / ONNX_FILE, meta.preprocessing.crop)
+    export_onnx(classifier, directory / ONNX_FILE, meta.image_spec().crop)
     state = {k: v.detach().contiguous().clone() for k, v in classifier.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE),
               metadata={"architecture": meta.architecture, "num_classes": str(len(meta.labels))})

@@ -22,6 +22,7 @@ from ..data.check import DataReport, check_dataset
 from ..data.layout import discover
 from ..data.preprocess import to_tensor
 from ..errors import DataError, NotFound, RepositoryError, TrainingInterrupted
+from ..profile.commands import auto_tune_run, finish_run, tracer_for_run
 from ..repository import ONNX_FILE, ModelMetadata, ModelRepository, check_model_name
 from .backbone import BACKBONES, Classifier, build
 from .cache import ActivationCache, build_cache
@@ -48,6 +49,8 @@ class TrainOptions:
     backbone: str = "mobilenet_v2"
     views: list[str] = field(default_factory=lambda: ["center", "hflip"])
     hyper: Hyper = field(default_factory=Hyper)
+    profile: bool = False  # torch.profiler window + report (profile/); auto_tune: see profile/
+    auto_tune: bool = False
 
 
 @dataclass
@@ -138,6 +141,8 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
             labels = layout.classes
             train_items = [(s.rel(layout.root), labels.index(s.label)) for s in data.train]
             val_items = [(s.rel(layout.root), labels.index(s.label)) for s in data.val]
+            if opts.auto_tune and not resuming:
+                auto_tune_run(opts.data_root, run_dir, console)
             model = build(info, len(labels))
             cache_path = run_dir / CACHE_FILE
             if resuming and cache_path.exists():
@@ -157,7 +162,9 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
                               deadline, reporter)
             if resuming and (run_dir / CHECKPOINT).exists():
                 trainer.restore()
+            trainer.tracer = tracer_for_run(run_dir, opts.profile)
             state = trainer.run()
+            finish_run(trainer.tracer, run_dir, opts.profile, console)
     except KeyboardInterrupt:
         _write_status(run_dir, opts, "interrupted")
         raise TrainingInterrupted(

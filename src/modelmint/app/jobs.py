@@ -1,0 +1,291 @@
+"""Training jobs: `mint train` subprocesses the app starts, watches and resumes.
+
+A job is a child process in its own session (Ctrl-C at the app's terminal reaches the app, which
+then stops its jobs with SIGINT so `mint train` checkpoints and records "interrupted"). The
+browser only reads state, so a refresh changes nothing. The app is the only writer of a job's
+row; when it starts it marks jobs left "running" by a previous app as interrupted (their process
+is gone, or is stopped now), and ``resume`` continues them with `mint train --resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import InvalidInput
+from .dataset import build_snapshot, training_input
+from .db import Job, Project, utcnow
+from .settings import AppSettings
+
+INTERRUPTED_RC = 130  # what `mint train` exits with after Ctrl-C (TrainingInterrupted)
+STOP_GRACE_S = 20.0
+
+
+class JobManager:
+    def __init__(self, settings: AppSettings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.settings.jobs_dir / str(job_id)
+
+    def run_dir(self, job_id: int) -> Path | None:
+        """``runs/<model>-<n>`` inside the job: exactly one once `mint train` has started."""
+        runs = sorted((self.job_dir(job_id) / "runs").glob("*-*"))
+        return runs[0] if runs else None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start_monitor(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._watch, name="mint-app-jobs", daemon=True)
+        self._thread.start()
+
+    def recover(self) -> None:
+        """Jobs a previous app left "running" cannot be watched any more: interrupted."""
+        with self.sessions.begin() as session:
+            for job in session.scalars(select(Job).where(Job.status == "running")):
+                if job.pid is not None and _is_our_trainer(job.pid, self.job_dir(job.id)):
+                    _stop_process(job.pid)
+                job.status, job.pid, job.finished = "interrupted", None, utcnow()
+                job.error = "the app stopped while this job was running; resume it"
+
+    def shutdown(self) -> None:
+        """Stop every running job with SIGINT (it checkpoints), then mark it interrupted."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with self._lock:
+            children = dict(self.children)
+            self.children.clear()
+        for proc in children.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+        for job_id, proc in children.items():
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._finish(job_id, proc.returncode, stopped=True)
+
+    # --- commands --------------------------------------------------------------------------
+
+    def start(self, session: Session, project: Project, budget: float,
+              max_trials: int | None = None) -> Job:
+        if budget < 10 or budget > 24 * 3600:
+            raise InvalidInput(f"budget {budget:g}: expected 10 to 86400 seconds")
+        job = Job(project_id=project.id, budget=budget, max_trials=max_trials,
+                  status="running")
+        session.add(job)
+        session.flush()
+        work = self.job_dir(job.id)
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "runs").mkdir(parents=True)
+        build_snapshot(session, self.settings, project, work / "data")
+        job.pid = self._spawn(job.id, self._fresh_args(project, job))
+        return job
+
+    def _fresh_args(self, project: Project, job: Job) -> list[str]:
+        work = self.job_dir(job.id)
+        args = ["train", str(training_input(project, work / "data")), "--name", project.slug,
+                "--repo", str(self.settings.models_dir), "--runs-dir", str(work / "runs"),
+                "--budget", f"{job.budget:g}", "--json"]
+        return args if job.max_trials is None else [*args, "--max-trials", str(job.max_trials)]
+
+    def resume(self, session: Session, job: Job) -> Job:
+        if job.status != "interrupted":
+            raise InvalidInput(f"job {job.id} is {job.status}; only an interrupted job resumes")
+        run_dir = self.run_dir(job.id)
+        if run_dir is None or not (run_dir / "run.json").is_file():
+            project = session.get(Project, job.project_id)
+            assert project is not None
+            args = self._fresh_args(project, job)  # it never got as far as a run directory
+        else:
+            args = ["train", "--resume", str(run_dir), "--budget", f"{job.budget:g}", "--json"]
+        job.status, job.error, job.finished = "running", None, None
+        job.attempts += 1
+        job.pid = self._spawn(job.id, args)
+        return job
+
+    def _spawn(self, job_id: int, args: list[str]) -> int:
+        work = self.job_dir(job_id)
+        with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
+            # Its own session: a terminal Ctrl-C reaches only the app, which stops jobs itself.
+            proc = subprocess.Popen([self.settings.python, "-m", "modelmint.cli", *args],
+                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ,
+                                                                 "COLUMNS": "100"})
+        with self._lock:
+            self.children[job_id] = proc
+        return proc.pid
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.job_poll_s):
+            with self._lock:
+                done = {j: p for j, p in self.children.items() if p.poll() is not None}
+            for job_id, proc in done.items():
+                try:
+                    finished = self._finish(job_id, proc.returncode, stopped=False)
+                except Exception:  # a database hiccup must not kill the monitor: retry
+                    logging.getLogger(__name__).exception("job %s: recording its end", job_id)
+                    continue
+                # False: the request that started it has not committed its row yet; next tick.
+                if finished:
+                    with self._lock:
+                        self.children.pop(job_id, None)
+
+    def _finish(self, job_id: int, rc: int, stopped: bool) -> bool:
+        work = self.job_dir(job_id)
+        result = _last_json(work / "stdout.log")
+        with self.sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return False
+            job.pid, job.finished = None, utcnow()
+            if rc == 0 and result is not None and result.get("version") is not None:
+                job.status, job.error = "succeeded", None
+                job.version = int(result["version"])
+                job.val_accuracy = float(result["val_accuracy"])
+            elif stopped or rc == INTERRUPTED_RC or rc == -signal.SIGINT:
+                job.status = "interrupted"
+                job.error = "stopped before it finished; resume it to continue"
+            else:
+                job.status, job.error = "failed", _error_of(work / "stderr.log", rc)
+        return True
+
+    # --- progress --------------------------------------------------------------------------
+
+    def progress(self, job_id: int) -> dict[str, Any]:
+        run_dir = self.run_dir(job_id)
+        records: list[dict[str, Any]] = []
+        leaderboard: Any = None
+        curves: list[dict[str, Any]] = []
+        if run_dir is not None:
+            # The fixed recipe logs epochs in the run dir; search trials may log in their own.
+            for log in sorted(run_dir.rglob("log.jsonl")):
+                for line in log.read_text().splitlines():
+                    with contextlib.suppress(json.JSONDecodeError):
+                        records.append(json.loads(line))
+            board = run_dir / "leaderboard.json"  # the search writes it when it ends
+            if board.is_file():
+                with contextlib.suppress(json.JSONDecodeError, OSError):
+                    leaderboard = json.loads(board.read_text())
+            study = run_dir / "study.db"
+            if study.is_file():
+                live, curves = study_progress(study)
+                leaderboard = leaderboard or ({"trials": live} if live else None)
+        return {"epochs": [r for r in records if "epoch" in r], "leaderboard": leaderboard,
+                "trial_curves": curves,
+                "log_tail": _tail(self.job_dir(job_id) / "stderr.log", 15)}
+
+
+def study_progress(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The search's trials and their intermediate validation scores, while it runs.
+
+    Read straight from Optuna's SQLite storage (read-only, stdlib ``sqlite3``) rather than by
+    importing optuna into the app: the tables used (``trials``, ``trial_values``,
+    ``trial_user_attributes``, ``trial_intermediate_values``) are Optuna's stable RDB schema.
+    Any surprise (another schema, a locked file) just means no live rows this time.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                timeout=1)) as db:
+            trials = db.execute(
+                "SELECT t.trial_id, t.number, t.state, v.value FROM trials t "
+                "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+                "ORDER BY t.number").fetchall()
+            attrs = db.execute("SELECT trial_id, key, value_json FROM trial_user_attributes "
+                               "WHERE key IN ('candidate', 'stop_reason', 'seconds')").fetchall()
+            steps = db.execute("SELECT trial_id, step, intermediate_value FROM "
+                               "trial_intermediate_values ORDER BY trial_id, step").fetchall()
+    except sqlite3.Error:
+        return [], []
+    extra: dict[int, dict[str, Any]] = {}
+    for trial_id, key, value in attrs:
+        with contextlib.suppress(json.JSONDecodeError):
+            extra.setdefault(trial_id, {})[key] = json.loads(value)
+    rows = [{"trial": number, "candidate": extra.get(tid, {}).get("candidate", "?"),
+             "state": str(state).lower(), "val_accuracy": value,
+             "seconds": extra.get(tid, {}).get("seconds"),
+             "stop_reason": extra.get(tid, {}).get("stop_reason", "")}
+            for tid, number, state, value in trials]
+    numbers = {tid: number for tid, number, _, _ in trials}
+    curves: dict[int, list[list[float]]] = {}
+    for trial_id, step, value in steps:
+        if value is not None:
+            curves.setdefault(trial_id, []).append([step, value])
+    return rows, [{"trial": numbers.get(tid), "points": pts} for tid, pts in curves.items()]
+
+
+def _last_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text(errors="replace").splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                return dict(json.loads(line))
+    return None
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    if not path.is_file():
+        return []
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 16384))
+        text = fh.read().decode(errors="replace")
+    return [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()][-lines:]
+
+
+def _error_of(stderr: Path, rc: int) -> str:
+    lines = _tail(stderr, 40)
+    errors = [ln.split("error:", 1)[1].strip() for ln in lines if "error:" in ln]
+    return errors[-1] if errors else f"mint train exited with code {rc}: " + " | ".join(lines[-3:])
+
+
+def _is_our_trainer(pid: int, job_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "modelmint.cli" in cmdline and str(job_dir) in cmdline
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    # An orphan's zombie lingers where PID 1 does not reap (containers): it is not running.
+    return "\nState:\tZ" not in status
+
+
+def _stop_process(pid: int) -> None:
+    """SIGINT an orphaned trainer (it checkpoints and exits), so a resume never races it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
