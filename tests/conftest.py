@@ -91,3 +91,9 @@ def postgres_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The server is asyncio; selenium pulls in trio, which anyio would otherwise also run."""
+    return "asyncio"

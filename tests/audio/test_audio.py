@@ -17,7 +17,8 @@ import tritonclient.http as httpclient
 from scipy.signal import resample_poly
 from tritonclient.utils import InferenceServerException
 
-from modality_server import full_server, train
+from live_server import full_server
+from modality_server import train
 from modelmint.data.audio import (
     AudioSpec,
     load_audio_data,
@@ -102,7 +103,8 @@ def digits_with_reject(tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
 
 @pytest.fixture(scope="module")
 def digits_server(digits_with_reject: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    with full_server(Path(digits_with_reject["version_dir"]).parents[1]) as (server, _):
+    with full_server(Path(digits_with_reject["version_dir"]).parents[1],
+                     isolation="process") as (server, _):
         assert server.grpc is not None
         yield server.url.removeprefix("http://"), server.grpc.address
 

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from torch import nn
 
+from live_server import full_server
 from modelmint.data.preprocess import ImageSpec, preprocess
 from modelmint.optimize.partition_compile import (
     onnx_exportable,
@@ -28,8 +27,6 @@ from modelmint.optimize.partition_compile import (
     publish_partitioned,
 )
 from modelmint.repository import METADATA_FILE, ModelMetadata, ModelRepository
-from modelmint.serve import DataPlane
-from modelmint.serve.server import build_server
 from modelmint.serve.torch_runner import TORCH_PARTITIONED
 from modelmint.train.package import publish_model
 
@@ -80,23 +77,9 @@ def expected_probabilities(batch: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[tuple[str, str]]:
-    dataplane = DataPlane(repo, isolation="process")  # the worker process, as deployed
-    dataplane.load()
-    app, sock = build_server(dataplane, "127.0.0.1", http_port=0, grpc_port=0)
-    thread = threading.Thread(target=app.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not app.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
+    with full_server(repo, isolation="process") as (app, _):  # worker processes, as deployed
         assert app.grpc is not None
-        yield f"127.0.0.1:{sock.getsockname()[1]}", app.grpc.address
-    finally:
-        app.should_exit = True
-        thread.join(10)
-        sock.close()
-        dataplane.close()
+        yield app.url.removeprefix("http://"), app.grpc.address
 
 
 def test_metadata_says_it_needs_torch(repo: Path) -> None:

@@ -21,10 +21,11 @@ import uvicorn
 from starlette.applications import Starlette
 from torch import nn
 
+from live_server import full_server
 from modelmint.data.preprocess import ImageSpec, preprocess
 from modelmint.repository import ONNX_FILE, ModelMetadata, ModelRepository
 from modelmint.serve import DataPlane, create_app
-from modelmint.serve.server import ModelServer, bind_socket, build_server
+from modelmint.serve.server import ModelServer, bind_socket
 from modelmint.train.package import publish_model
 
 # Same location rule as tests/conftest.py: shared/ sits beside the repository checkout.
@@ -77,28 +78,6 @@ def serve(app: Starlette) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-@contextmanager
-def full_server(repo: Path, **ports: int | None) -> Iterator[tuple[ModelServer, DataPlane]]:
-    """The real server assembly (:func:`build_server`, as ``run_server`` uses) in a daemon
-    thread on free ports; ``ports`` are build_server's grpc_port / metrics_port."""
-    dataplane = DataPlane(repo)
-    dataplane.load()
-    server, sock = build_server(dataplane, "127.0.0.1", http_port=0, **ports)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield server, dataplane
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        dataplane.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from modality_server import full_server, train
+from live_server import full_server
+from modality_server import train
 from modelmint.data.text import TextEncoder, TextSpec, TfidfBlock, load_text_data
 from modelmint.errors import DataError
 from modelmint.repository import ModelMetadata
@@ -79,7 +80,8 @@ def spam_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def spam_server(spam_model: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    with full_server(Path(spam_model["version_dir"]).parents[1]) as (server, _):
+    repo = Path(spam_model["version_dir"]).parents[1]
+    with full_server(repo, isolation="process") as (server, _):
         assert server.grpc is not None
         yield server.url.removeprefix("http://"), server.grpc.address
 

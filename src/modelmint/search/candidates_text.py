@@ -28,8 +28,9 @@ from torch import nn
 
 from ..data.text import TextEncoder, TextSpec, TfidfBlock
 from ..errors import RepositoryError
+from ..train.export import ONNX_TOLERANCE
 from .contract import TaskData
-from .onnx_check import ONNX_TOLERANCE, export_checked, linear_from_sklearn
+from .onnx_check import export_checked, linear_from_sklearn
 from .registry import register
 
 TASK = "text-classification"

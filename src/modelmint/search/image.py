@@ -21,10 +21,9 @@ from PIL import Image
 
 from ..data.images import CROP_SPEC
 from ..data.preprocess import ImageSpec, open_image, resize_and_crop, to_tensor
-from ..errors import RepositoryError
 from ..train.backbone import Classifier
 from ..train.cache import ActivationCache, build_cache
-from ..train.export import export_onnx
+from ..train.export import check_onnx, export_onnx
 from ..train.loop import CHECKPOINT, Hyper, LoopState, Trainer
 from .backbones import IMAGE_BACKBONES, ImageBackbone
 from .contract import TaskData
@@ -32,7 +31,6 @@ from .registry import register
 
 TASK = "image-classification"
 VIEWS = ["center", "hflip"]
-ONNX_TOLERANCE = 1e-4
 # Seconds per training image per fine-tuning epoch on 2 CPU cores (measured, tail of 5 blocks).
 FINETUNE_SECONDS_PER_IMAGE = {"mobilenet_v2": 0.012, "tf_efficientnet_lite0": 0.016}
 PREFIX_SECONDS_PER_IMAGE = {"mobilenet_v2": 0.02, "tf_efficientnet_lite0": 0.025}
@@ -143,20 +141,6 @@ class ImageFitted:
 
     def warmup_payloads(self) -> list[bytes]:
         return self.warmup
-
-
-def check_onnx(path: Path, model: Classifier, sample: np.ndarray) -> None:
-    """Refuse to publish an export that disagrees with the trained weights."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"input": sample})[0]
-    with torch.inference_mode():
-        torch_logits = model.eval()(torch.from_numpy(sample)).numpy()
-    diff = float(np.abs(onnx_logits - torch_logits).max())
-    if diff > ONNX_TOLERANCE:
-        raise RepositoryError(f"{path}: exported logits differ from torch by {diff:.2e} "
-                              f"(> {ONNX_TOLERANCE:g}); not publishing")
 
 
 class ImageCandidate:

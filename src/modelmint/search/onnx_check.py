@@ -10,11 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import RepositoryError
 from ..repository import ONNX_FILE, WEIGHTS_FILE
-from ..train.export import OPSET, ServingHead
-
-ONNX_TOLERANCE = 1e-4
+from ..train.export import OPSET, ServingHead, check_onnx
 
 
 def export_checked(model: nn.Module, directory: Path, sample: np.ndarray,
@@ -37,22 +34,6 @@ def export_checked(model: nn.Module, directory: Path, sample: np.ndarray,
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"architecture": architecture})
     check_onnx(path, model, sample)
     return path
-
-
-def check_onnx(path: Path, model: nn.Module, sample: np.ndarray) -> None:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"input": sample})[0]
-    with torch.inference_mode():
-        torch_logits = model.eval()(torch.from_numpy(sample)).numpy()
-    # Relative to the logits' scale: a linear model over standardised statistics can have
-    # logits in the tens, where float32 reductions legitimately differ in the 5th digit.
-    scale = max(1.0, float(np.abs(torch_logits).max()))
-    diff = float(np.abs(onnx_logits - torch_logits).max()) / scale
-    if diff > ONNX_TOLERANCE:
-        raise RepositoryError(f"{path}: exported logits differ from torch by {diff:.2e} of "
-                              f"their scale (> {ONNX_TOLERANCE:g}); not publishing")
 
 
 def linear_from_sklearn(coef: np.ndarray, intercept: np.ndarray, classes: int) -> nn.Linear:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..errors import RepositoryError
+
 OPSET = 17
+ONNX_TOLERANCE = 1e-4  # max |ONNX - torch| logit difference, relative to scales above 1
 
 
 class ServingHead(nn.Module):
@@ -39,3 +43,20 @@ def export_onnx(classifier: nn.Module, path: Path, crop: int = 224) -> Path:
                           "probabilities": {0: "batch"}},
         )
     return path
+
+
+def check_onnx(path: Path, model: nn.Module, sample: np.ndarray) -> None:
+    """Refuse to publish an export that disagrees with the trained weights."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"input": sample})[0]
+    with torch.inference_mode():
+        torch_logits = model.eval()(torch.from_numpy(sample)).numpy()
+    # Relative to the logits' scale: a linear model over standardised statistics can have
+    # logits in the tens, where float32 reductions legitimately differ in the 5th digit.
+    scale = max(1.0, float(np.abs(torch_logits).max()))
+    diff = float(np.abs(onnx_logits - torch_logits).max()) / scale
+    if diff > ONNX_TOLERANCE:
+        raise RepositoryError(f"{path}: exported logits differ from torch by {diff:.2e} of "
+                              f"their scale (> {ONNX_TOLERANCE:g}); not publishing")

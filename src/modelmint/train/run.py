@@ -14,26 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from rich.console import Console
 
 from ..data.check import DataReport, check_dataset
 from ..data.layout import discover
 from ..data.preprocess import to_tensor
-from ..errors import DataError, NotFound, RepositoryError, TrainingInterrupted
+from ..errors import DataError, NotFound, TrainingInterrupted
 from ..profile.commands import auto_tune_run, finish_run, tracer_for_run
 from ..repository import ONNX_FILE, ModelMetadata, ModelRepository, check_model_name
-from .backbone import BACKBONES, Classifier, build
+from .backbone import BACKBONES, build
 from .cache import ActivationCache, build_cache
 from .evaluate import classification_report
+from .export import check_onnx
 from .loop import CHECKPOINT, Hyper, Trainer
 from .package import write_version
 from .progress import RichReporter
 
 RUN_FILE = "run.json"
 CACHE_FILE = "cache.pt"
-ONNX_TOLERANCE = 1e-4  # max |logit difference| between the exported graph and torch
 
 
 @dataclass
@@ -196,7 +195,7 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
 
     def write(tmp: Path, version: int) -> None:
         write_version(tmp, version, model, meta, full_report, warmup)
-        _check_onnx(tmp / ONNX_FILE, model, sample)
+        check_onnx(tmp / ONNX_FILE, model, sample)
 
     ref = ModelRepository(opts.repo).publish(opts.name, write)
     seconds = round(time.monotonic() - started, 2)
@@ -218,15 +217,3 @@ def _save_split(run_dir: Path, data: DataReport) -> None:
 
 def _warnings(data: DataReport) -> list[str]:
     return [*data.warnings, *(f"{i.path}: {i.reason}" for i in data.issues)]
-
-
-def _check_onnx(path: Path, model: Classifier, sample: np.ndarray) -> None:
-    """Refuse to publish an export that disagrees with the trained weights."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"input": sample})[0]
-    with torch.inference_mode():
-        torch_logits = model.eval()(torch.from_numpy(sample)).numpy()
-    diff = float(np.abs(onnx_logits - torch_logits).max())
-    if diff > ONNX_TOLERANCE:
-        raise RepositoryError(f"{path}: exported logits differ from torch by {diff:.2e} "
-                              f"(> {ONNX_TOLERANCE:g}); not publishing")
