@@ -88,13 +88,12 @@ def train(
         from .search.run import is_search_run
 
         if (resume is not None and is_search_run(resume)) or (resume is None and epochs is None):
-            if profile or auto_tune:
-                raise MintError("--profile and --auto-tune apply to the fixed recipe for now: "
-                                "add --epochs N")
+            if auto_tune:
+                raise MintError("--auto-tune applies to the fixed recipe for now: add --epochs N")
             _train_search(data, name, repo, budget, seed, runs_dir, resume, as_json, console,
                           group_by=group_by, reject_dir=reject_dir, label_column=label_column,
                           text_column=text_column, storage=storage, worker=worker, ray=ray,
-                          max_trials=max_trials, candidates=candidates or None)
+                          max_trials=max_trials, candidates=candidates or None, profile=profile)
             return
         if resume is not None:
             result = resume_run(resume, console, budget=budget, started=COMMAND_STARTED)
@@ -425,9 +424,6 @@ def web_app(
         _fail(exc)
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command("profile")
 def profile_run(
@@ -451,3 +447,7 @@ def profile_run(
     console = Console()
     print_analysis(analysis, console)
     console.print(f"report: {html}")
+
+
+if __name__ == "__main__":
+    app()

@@ -46,7 +46,7 @@ def test_killed_search_resumes_within_budget(tiny_images: Path, tmp_path: Path) 
     common = ["--repo", str(tmp_path / "models"), "--runs-dir", str(tmp_path / "runs"),
               "--candidates", "mobilenet_v2/*"]
     proc = subprocess.Popen(mint("train", str(tiny_images), "--name", "tiny", "--budget",
-                                 str(FIRST_BUDGET), *common),
+                                 str(FIRST_BUDGET), "--profile", *common),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "tiny-1"
     deadline = time.monotonic() + 200
@@ -112,3 +112,12 @@ def test_killed_search_resumes_within_budget(tiny_images: Path, tmp_path: Path) 
     again = subprocess.run(mint("train", "--resume", str(run_dir)), capture_output=True,
                            text=True)
     assert again.returncode == 2 and "already published" in again.stderr
+    # --profile (kept across --resume): each trial that ran steps has its step trace and report;
+    # `mint profile RUN_DIR` reads the latest trial's.
+    assert list(run_dir.glob("trials/*/profile/report.html"))
+    analysis = subprocess.run(mint("profile", str(run_dir), "--json"), capture_output=True,
+                              text=True)
+    assert analysis.returncode == 0, analysis.stderr
+    result = json.loads(analysis.stdout.strip().splitlines()[-1])
+    assert result["classification"] in ("input-bound", "compute-bound")
+    assert "/trials/" in result["report"]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import DataError, NotFound
 from .trace import SUMMARY_FILE
 
 MODERATE_WAIT, HIGH_WAIT = 0.05, 0.20
@@ -56,15 +56,30 @@ class Analysis:
         return asdict(self)
 
 
+def resolve_profile_dir(given: Path) -> Path:
+    """A ``profile/`` folder, a run directory holding one, or a model-search run directory,
+    where each trial has its own ``trials/NNN/profile/``: the latest one that ran steps is the
+    one worth reading (fine-tune trials run after the baselines)."""
+    path = Path(given)
+    if (path / SUMMARY_FILE).exists():
+        return path
+    if (path / "profile").is_dir():
+        return path / "profile"
+    trials = sorted((path / "trials").glob(f"*/profile/{SUMMARY_FILE}"),
+                    key=lambda p: p.stat().st_mtime)
+    return trials[-1].parent if trials else path
+
+
 def load_summary(profile_dir: Path) -> dict[str, Any]:
-    path = Path(profile_dir)
-    if (path / "profile").is_dir() and not (path / SUMMARY_FILE).exists():
-        path = path / "profile"  # a run directory was given
+    path = resolve_profile_dir(profile_dir)
     try:
         data: dict[str, Any] = json.loads((path / SUMMARY_FILE).read_text())
     except FileNotFoundError as exc:
         raise NotFound(f"{path}: no {SUMMARY_FILE}; train with --profile (or close a "
                        "StepTracer with a run_dir) first") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path / SUMMARY_FILE}: not valid JSON ({exc})") from exc
+    data.setdefault("source", str(path))
     replay = path / REPLAY_FILE
     if replay.exists():
         data["replay"] = json.loads(replay.read_text())

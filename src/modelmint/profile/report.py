@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .advisor import Analysis, analyze_summary, load_summary
+from .advisor import Analysis, analyze_summary, load_summary, resolve_profile_dir
 from .deep import OPS_FILE
 from .trace import PARTS, STEPS_FILE
 
@@ -19,8 +19,7 @@ MAX_BARS = 400  # longer runs are bucketed so the SVG stays small
 
 
 def _profile_dir(path: Path) -> Path:
-    path = Path(path)
-    return path / "profile" if (path / "profile").is_dir() else path
+    return resolve_profile_dir(path)
 
 
 def write_report(profile_dir: Path) -> Path:

@@ -62,6 +62,7 @@ class SearchOptions:
     ray: str | None = None  # run trials on this Ray cluster
     max_trials: int | None = None
     candidates: list[str] | None = None  # fnmatch patterns over candidate names; None: all
+    profile: bool = False  # trials that run steps add a torch.profiler window + report
 
 
 @dataclass
@@ -323,6 +324,7 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
     data = load_task_data(opts.data, seed=opts.seed, group_by=opts.group_by,
                           reject_dir=opts.reject_dir, label_column=opts.label_column,
                           text_column=opts.text_column)
+    data.extra["profile"] = opts.profile  # read by candidates that run training steps
     console.print(f"{data.task}: {len(data.train)} train / {len(data.val)} val items, "
                   f"{len(data.labels)} classes; split: {data.split_note} "
                   f"({time.monotonic() - started:.0f}s)")

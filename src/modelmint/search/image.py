@@ -18,9 +18,11 @@ import numpy as np
 import optuna
 import torch
 from PIL import Image
+from rich.console import Console
 
 from ..data.images import CROP_SPEC
 from ..data.preprocess import ImageSpec, open_image, resize_and_crop, to_tensor
+from ..profile.commands import finish_run, tracer_for_run
 from ..train.backbone import Classifier
 from ..train.cache import ActivationCache, build_cache
 from ..train.export import check_onnx, export_onnx
@@ -199,7 +201,13 @@ class ImageCandidate:
         workdir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(model, cache, hyper, workdir, 0, None, deadline,
                           _PruningReporter(trial if self.kind == "finetune" else None))
-        state: LoopState = trainer.run()
+        # The step trace is always on (trials/NNN/profile/); --profile adds the deep window.
+        profile = bool(data.extra.get("profile"))
+        trainer.tracer = tracer_for_run(workdir, profile)
+        try:
+            state: LoopState = trainer.run()
+        finally:
+            finish_run(trainer.tracer, workdir, profile, Console(quiet=True))
         # Resuming works trial by trial (a killed trial is run again), so the per-epoch
         # checkpoint is only needed while the trial runs.
         (workdir / CHECKPOINT).unlink(missing_ok=True)

@@ -62,7 +62,7 @@ def run_on_ray(search: Any, opts: Any) -> None:
 
     ray.init(address=opts.ray, logging_level=logging.ERROR, log_to_driver=False)
     try:
-        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call,unused-ignore]
         parallel = max(1, int(resources.get("CPU", 1)))
         remote = ray.remote(num_cpus=1, max_retries=0)(_remote_trial)
         deadline_wall = time.time() + search.seconds_left()

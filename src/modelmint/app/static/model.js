@@ -147,9 +147,8 @@ async function deployPage() {
     $("#deploy-status").textContent = text + states;
     $("#snippet-curl").textContent = d.snippets.curl;
     $("#snippet-python").textContent = d.snippets.python;
-    // The offline SDK vendors the image preprocessing; sound and text are not in it yet.
-    $("#sdk-link").classList.toggle("disabled", !d.deployed_version || task !== "image");
-    if (task !== "image") $("#sdk-link").textContent = "Offline SDK (image models only)";
+    // The offline SDK vendors the preprocessing of every kind (image, sound, text).
+    $("#sdk-link").classList.toggle("disabled", !d.deployed_version);
     const busy = d.progress && d.progress.state === "deploying";
     if (!busy && timer) { clearInterval(timer); timer = null; }
     return d;
