@@ -32,7 +32,9 @@ def mint(*args: str) -> list[str]:
     return [sys.executable, "-m", "modelmint.cli", *args]
 
 
-def train_cmd(data: Path, base: Path, epochs: int = 3) -> list[str]:
+def train_cmd(data: Path, base: Path, epochs: int = 6) -> list[str]:
+    # Enough fine-tune epochs (~0.7 s each) that an interrupt sent after the first one lands
+    # inside training, not in export/publishing: with 3, CI once saw the run finish first.
     return mint("train", str(data), "--name", "sub", "--repo", str(base / "models"),
                 "--runs-dir", str(base / "runs"), "--epochs", str(epochs), "--seed", "0", "--json")
 
