@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,10 @@ def train(
 ) -> None:
     """Search models within --budget (baselines, then pruned fine-tuning trials), evaluate,
     publish the best. --epochs N instead trains one fixed MobileNetV2 recipe (no search)."""
+    # Ctrl-C / SIGINT stops cleanly and leaves a resumable run, even when we were started from
+    # a non-interactive shell's background job, which starts children with SIGINT ignored (the
+    # web app stops its training jobs with SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from .train import TrainOptions
     from .train import resume as resume_run
     from .train import train as train_run
