@@ -229,6 +229,19 @@ def _compute_advice(summary: dict[str, Any]) -> list[Advice]:
             "(channels_last halves MobileNetV2's eager time on this CPU)",
             "model.to(memory_format=torch.channels_last); "
             "x = x.contiguous(memory_format=torch.channels_last)", knob="channels_last"))
+    frozen = facts.get("frozen_prefix") or {}
+    if frozen.get("frozen") and frozen.get("engine") == "torch" and compute >= 0.3:
+        out.append(Advice(
+            "frozen-prefix", "high" if compute >= 0.5 else "moderate",
+            "Run the frozen layers in an inference engine",
+            f"{frozen.get('module')} holds {frozen.get('parameter_share', 0):.0%} of the "
+            f"parameters, none trains and its BatchNorm is frozen, yet forward+backward is "
+            f"{compute:.0%} of the step: eager PyTorch re-runs that inference graph unfused "
+            "every step",
+            "modelmint.profile.frozen.OnnxFrozenPrefix(prefix, example) (ONNX Runtime: "
+            "BatchNorm folded, conv+activation fused, NHWC kernels); where augmentation allows, "
+            "cache the prefix's activations instead (mint train's own recipe does)",
+            knob="frozen_onnxruntime"))
     if env.get("cuda"):
         if parts["h2d"]["share"] >= MODERATE_WAIT and not facts.get("pin_memory"):
             out.append(Advice(

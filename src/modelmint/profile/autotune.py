@@ -6,7 +6,8 @@ gives a paired ratio ips(B) / ips(A). A change is kept only when the median gain
 larger than the measured noise (the largest distance of a round's ratio from the median). Then
 the new config is profiled again and the advice is tried the same way (a change dropped
 before is tried again only when the config has changed since). A gain ≥ 5 % still
-inside the noise gets extra rounds (up to ``max_rounds``) before it is dropped.
+inside the noise, or rounds spread by more than 5 %, get extra rounds (up to ``max_rounds``)
+before a change is dropped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class TuneSettings:
     rounds: int = 3  # interleaved A/B rounds per decision
     max_rounds: int = 5  # more rounds while a gain ≥ 5 % is still within the noise
     steps: int = 4  # measured steps per round
-    max_passes: int = 2  # profile → try advice → profile again
+    max_passes: int = 3  # profile → try advice → profile again (stops when nothing is left)
 
 
 @dataclass
@@ -118,6 +119,18 @@ def replay_probe(runner: Runner, batches: int = 2) -> Callable[[], float]:
     return probe
 
 
+COMPUTE_KNOBS = ("channels_last", "frozen_onnxruntime")
+
+
+def _target_share(knob: str | None, analysis: Analysis) -> float:
+    """The share of the step a knob works on (compute or data wait): the largest first, so a
+    compute-bound step tries its compute changes before input-pipeline ones (a pipeline gain
+    under 5 % of the whole step is dropped now and tried again once compute is cheaper)."""
+    parts = analysis.summary.get("parts", {})
+    part = "compute" if knob in COMPUTE_KNOBS else "wait"
+    return float(parts.get(part, {}).get("share", 0.0))
+
+
 def profile_config(runner: Runner) -> Analysis:
     runner.round()
     return analyze_summary(runner.tracer.summary())
@@ -141,6 +154,7 @@ def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | 
     for _ in range(settings.max_passes):
         knobs = [a.knob for a in analysis.advice
                  if a.knob in allowed and tried.get(a.knob) != current.config]
+        knobs.sort(key=lambda k: -_target_share(k, analysis))
         if not knobs:
             break
         for knob in dict.fromkeys(k for k in knobs if k is not None):
@@ -152,7 +166,9 @@ def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | 
             a, b = interleaved([current, candidate], settings.rounds)
             ratios = [y / x for x, y in zip(a, b, strict=True)]
             kept, gain, noise, reason = decide(ratios)
-            while not kept and gain >= MIN_GAIN and len(ratios) < settings.max_rounds:
+            # Inconclusive (a gain within the noise, or rounds too spread to rule one out):
+            # more rounds before deciding.
+            while not kept and max(gain, noise) >= MIN_GAIN and len(ratios) < settings.max_rounds:
                 a, b = interleaved([current, candidate], 1)
                 ratios.append(b[0] / a[0])
                 kept, gain, noise, reason = decide(ratios)

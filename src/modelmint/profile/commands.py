@@ -28,12 +28,27 @@ def finish_run(tracer: StepTracer, run_dir: Path, profile: bool, console: Consol
         console.print(f"profile report: {html}")
 
 
-def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console) -> dict[str, object]:
-    """Tune the DataLoader fine-tuning workload on the user's own images (see docs/profile.md):
-    decode mode, caching, transform placement, channels_last, worker count. ``mint train``'s
-    own recipe trains from cached activations (no input pipeline), so the kept settings are
-    recorded in ``profile/autotune.json`` for image pipelines (the model search's fine-tuning
-    trials) and printed."""
+# What each auto-tune knob means for ``mint train``'s own recipe, which decodes every image
+# once and caches the frozen prefix's activations (no per-epoch input pipeline to tune).
+TRAINER_KNOBS: dict[str, str] = {
+    "frozen_onnxruntime": "applied: ONNX Runtime runs the frozen prefix that fills the "
+                          "activation cache",
+    "channels_last": "already on: the cache's prefix runs channels_last",
+    "cache_decoded": "already on: each image is decoded once and its activations cached",
+    "num_workers": "already on: the data check decodes on a thread pool",
+    "tensor_transforms": "not applicable: augmentation is a fixed set of cached views",
+    "draft_decode": "not applied: served models decode at full size, so training on "
+                    "draft-decoded pixels would differ from serving",
+}
+
+
+def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console) -> dict[str, str]:
+    """Tune the DataLoader fine-tuning workload on the user's own images (see docs/profile.md)
+    and return what each kept change means for ``mint train`` (:data:`TRAINER_KNOBS`); the
+    trainer applies the ones marked "applied". Everything is saved in
+    ``profile/autotune.json``, the config for DataLoader pipelines included."""
+    import json
+
     from .autotune import TuneSettings, autotune, save
     from .workload import WorkloadConfig
 
@@ -41,8 +56,27 @@ def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console) -> dic
                       log=lambda line: console.print(f"[dim]auto-tune[/] {line}"))
     path = save(result, run_dir / PROFILE_DIR)
     kept = [t.knob for t in result.trials if t.kept]
+    trainer = {knob: TRAINER_KNOBS.get(knob, "not applicable") for knob in kept}
+    path.write_text(json.dumps({**result.to_json(), "trainer": trainer}, indent=2))
     console.print(f"auto-tune kept: {', '.join(kept) or 'nothing'} ({path})")
-    return result.final
+    for knob, meaning in trainer.items():
+        console.print(f"  {knob}: {meaning}")
+    return trainer
+
+
+def tuned_engine(run_dir: Path) -> str:
+    """The prefix engine a run's auto-tune chose (``torch`` when it did not run or keep it)."""
+    import json
+
+    from .autotune import AUTOTUNE_FILE
+    from .frozen import ENGINE_ORT, ENGINE_TORCH
+
+    path = run_dir / PROFILE_DIR / AUTOTUNE_FILE
+    if not path.exists():
+        return ENGINE_TORCH
+    trainer = json.loads(path.read_text()).get("trainer", {})
+    return ENGINE_ORT if str(trainer.get("frozen_onnxruntime", "")).startswith("applied") \
+        else ENGINE_TORCH
 
 
 def print_analysis(analysis: Analysis, console: Console) -> None:

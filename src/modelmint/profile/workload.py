@@ -11,7 +11,8 @@ Normalize). Each knob of :class:`WorkloadConfig` is one change the advisor can p
 - ``tensor_transforms``: uint8 tensors through torchvision.transforms.v2 per sample, float
   conversion and normalisation once per batch (in the ``h2d`` phase);
 - ``channels_last``: the model and its inputs in channels_last memory format;
-- ``num_workers``: DataLoader worker processes (persistent).
+- ``num_workers``: DataLoader worker processes (persistent);
+- ``frozen_onnxruntime``: the frozen ``features[:18]`` run by ONNX Runtime (:mod:`.frozen`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from ..data.layout import discover
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
 from ..train.backbone import MOBILENET_V2, weights_path
+from .frozen import OnnxFrozenPrefix, frozen_prefix_facts
 from .pipeline import instrument_loader, stage
 from .trace import StepTracer
 
-KNOBS = ("draft_decode", "cache_decoded", "tensor_transforms", "channels_last", "num_workers")
+KNOBS = ("draft_decode", "cache_decoded", "tensor_transforms", "channels_last", "num_workers",
+         "frozen_onnxruntime")
+TRAINABLE_BLOCK = 18  # MobileNetV2 features[18]: the last block, trained with the head
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class WorkloadConfig:
     cache_decoded: bool = False
     tensor_transforms: bool = False
     channels_last: bool = False
+    frozen_onnxruntime: bool = False
     resize: int = 256
     crop: int = 224
     image_limit: int | None = None  # tests: only the first N training images
@@ -139,7 +144,7 @@ def build_model(classes: int) -> Any:
     model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in [*model.features[18].parameters(), *model.classifier.parameters()]:
+    for p in [*model.features[TRAINABLE_BLOCK].parameters(), *model.classifier.parameters()]:
         p.requires_grad_(True)
     model.eval()  # BatchNorm statistics stay frozen; dropout off: steady timings
     return model
@@ -155,6 +160,13 @@ class Workload:
         self.model: Any = build_model(max(label for _, label in files) + 1)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.trainable_block = self.model.features[TRAINABLE_BLOCK]
+        prefix = self.model.features[:TRAINABLE_BLOCK]
+        if config.frozen_onnxruntime:
+            prefix = OnnxFrozenPrefix(prefix, torch.zeros(1, 3, config.crop, config.crop))
+            self.model.features = nn.Sequential(prefix, self.trainable_block)
+        self.frozen_facts = frozen_prefix_facts(prefix, self.model,
+                                                f"features[:{TRAINABLE_BLOCK}]")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         self.dataset = JpegFolder(files, config)
@@ -187,8 +199,9 @@ class Workload:
 
     def run(self, tracer: StepTracer, steps: int) -> int:
         """Train ``steps`` steps (as many epochs as that takes); returns steps done."""
-        self.model.features[18].train()
-        tracer.note(channels_last=self.config.channels_last)  # batches are NCHW until h2d
+        self.trainable_block.train()
+        # Batches are NCHW until h2d; the frozen prefix's share and engine feed the advisor.
+        tracer.note(channels_last=self.config.channels_last, frozen_prefix=self.frozen_facts)
         done = 0
         while done < steps:
             for x, y in tracer.loader(self.loader):

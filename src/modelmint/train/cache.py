@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ..data.preprocess import ImageSpec, to_tensor
+from ..profile.frozen import ENGINE_ORT, ENGINE_TORCH, OnnxFrozenPrefix
 
 VIEWS = {
     "center": lambda im: im,
@@ -76,12 +77,23 @@ def stratified_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, i
     return [item for _, _, item in sorted(keyed)[:n]]
 
 
+def prefix_engine(prefix: nn.Module, spec: ImageSpec, engine: str = ENGINE_TORCH) -> nn.Module:
+    """The prefix as run to fill the cache: eager PyTorch, or (``engine="onnxruntime"``, what
+    ``--auto-tune`` keeps when it measures a gain) the same graph in ONNX Runtime."""
+    if engine != ENGINE_ORT:
+        return prefix
+    prefix.eval().requires_grad_(False)  # it never trains: the cache is built from it
+    return OnnxFrozenPrefix(prefix, torch.zeros(1, 3, spec.crop, spec.crop))
+
+
 def build_cache(prefix: nn.Module, crops: dict[str, Image.Image], train: list[tuple[str, int]],
                 val: list[tuple[str, int]], spec: ImageSpec, views: list[str],
                 deadline: float | None = None,
-                tick: Callable[[int], None] | None = None) -> ActivationCache:
+                tick: Callable[[int], None] | None = None,
+                engine: str = ENGINE_TORCH) -> ActivationCache:
     """Val first (evaluation must see all of it), then the centre view of as many training
     images as the deadline allows (normally all), then each extra view if it still fits."""
+    prefix = prefix_engine(prefix, spec, engine)
     started = time.monotonic()
     val_x = run_prefix(prefix, [crops[f] for f, _ in val], spec, tick)
     if deadline is not None and val:
