@@ -93,12 +93,11 @@ def train(
         from .search.run import is_search_run
 
         if (resume is not None and is_search_run(resume)) or (resume is None and epochs is None):
-            if auto_tune:
-                raise MintError("--auto-tune applies to the fixed recipe for now: add --epochs N")
             _train_search(data, name, repo, budget, seed, runs_dir, resume, as_json, console,
                           group_by=group_by, reject_dir=reject_dir, label_column=label_column,
                           text_column=text_column, storage=storage, worker=worker, ray=ray,
-                          max_trials=max_trials, candidates=candidates or None, profile=profile)
+                          max_trials=max_trials, candidates=candidates or None, profile=profile,
+                          auto_tune=auto_tune)
             return
         if resume is not None:
             result = resume_run(resume, console, budget=budget, started=COMMAND_STARTED)

@@ -181,20 +181,59 @@ def test_sdk_predicts_wav_files_over_http(digits_server: tuple[str, str], tmp_pa
     assert preds[2].error is not None and "not a decodable sound file" in preds[2].error
 
 
-def test_cnn_candidate_trains_within_its_deadline_and_exports(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def three_digits() -> Any:
+    """3 classes, ~36 training and ~18 validation clips of the random split."""
+    data = load_audio_data(DIGITS, seed=0)
+    data.train = [it for it in data.train if it[1] < 3][::20]
+    data.val = [it for it in data.val if it[1] < 3][::10]
+    data.labels = data.labels[:3]
+    return data
+
+
+def test_cnn_candidate_trains_within_its_deadline_and_exports(three_digits: Any,
+                                                              tmp_path: Path) -> None:
     import time
 
     from modelmint.search.candidates_audio import SpectrogramCNNCandidate, one_cycle
 
-    full = load_audio_data(DIGITS, seed=0)
-    data = load_audio_data(DIGITS, seed=0)
-    data.train = [it for it in full.train if it[1] < 3][::20]  # 3 classes, ~36 clips
-    data.val = [it for it in full.val if it[1] < 3][::10]
-    data.labels = data.labels[:3]
     started = time.monotonic()
-    fitted = SpectrogramCNNCandidate().fit(data, None, started + 6.0, tmp_path / "trial")
+    fitted = SpectrogramCNNCandidate().fit(three_digits, None, started + 4.0, tmp_path / "t")
     assert time.monotonic() - started < 30  # the deadline, plus the last epoch and features
-    assert fitted.val_probabilities().shape == (len(data.val), 3)
+    assert fitted.val_probabilities().shape == (len(three_digits.val), 3)
     fitted.export(tmp_path)  # raises unless ONNX agrees with torch
     assert (tmp_path / "model.onnx").is_file()
     assert one_cycle(1.0, 0.3) == pytest.approx(1.0, abs=1e-5) and one_cycle(1.0, 1.0) < 1e-3
+
+
+def test_segment_features_ignore_leading_silence_and_the_mlp_exports(
+        three_digits: Any, tmp_path: Path) -> None:
+    import time
+
+    import torch
+    from scipy.fft import dct
+
+    from modelmint.search.candidates_audio_segments import (
+        SegmentFeatures,
+        SegmentMLPCandidate,
+        dct_matrix,
+        warp_mels,
+    )
+
+    np.testing.assert_allclose(dct_matrix(64, 20), dct(np.eye(64), axis=0, norm="ortho")[:20],
+                               atol=1e-6)
+
+    wave, _ = sf.read(DIGITS / "4" / "4_george_3.wav", dtype="float32")
+    late = np.concatenate([np.zeros(1600, np.float32), wave])  # 0.1 s more silence first
+    features = SegmentFeatures(SPEC.n_mels)
+    with torch.inference_mode():
+        on_time, delayed = (features(torch.from_numpy(preprocess_audio(_wav(w, 8000), SPEC)[None]))
+                            for w in (wave, late))
+    assert torch.allclose(on_time, delayed, atol=0.05 * float(on_time.abs().mean()))
+    x = torch.randn(2, 1, 8, 5)
+    assert torch.equal(warp_mels(x, torch.Generator().manual_seed(0), 0.0), x)
+
+    started = time.monotonic()
+    fitted = SegmentMLPCandidate().fit(three_digits, None, started + 3.0, tmp_path / "t")
+    assert fitted.val_probabilities().shape == (len(three_digits.val), 3)
+    fitted.export(tmp_path)  # raises unless ONNX agrees with torch

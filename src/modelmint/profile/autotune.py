@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,10 +139,15 @@ def profile_config(runner: Runner) -> Analysis:
 
 def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | None = None,
              log: Callable[[str], None] = print,
-             allowed: tuple[str, ...] = KNOBS) -> TuneResult:
+             allowed: tuple[str, ...] = KNOBS, deadline: float | None = None) -> TuneResult:
+    """``deadline`` (``time.monotonic()``): no change is started that the last one's duration
+    says would end after it; what was kept so far stands."""
     settings = settings or TuneSettings()
+    began = time.monotonic()
     current = Runner(data_root, initial, settings.steps)
     first = profile_config(current)
+    # A trial builds one more workload and runs 2 x rounds rounds: about twice the baseline.
+    last_trial_s = 2 * (time.monotonic() - began)
     result = TuneResult(asdict(initial), {}, {
         "classification": first.classification, "severity": first.severity,
         "wait_share": first.wait_share, "bottleneck_stage": first.bottleneck_stage,
@@ -161,6 +167,11 @@ def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | 
             if tried.get(knob) == current.config or current.config.changed(knob) == \
                     current.config:  # already applied
                 continue
+            if deadline is not None and time.monotonic() + last_trial_s > deadline:
+                log(f"{knob}: not tried: out of time (the auto-tune's share of --budget)")
+                result.trials.append(Trial(knob, {}, [], 0.0, 0.0, False, "out of time"))
+                break
+            trial_started = time.monotonic()
             tried[knob] = current.config
             candidate = Runner(data_root, current.config.changed(knob), settings.steps)
             a, b = interleaved([current, candidate], settings.rounds)
@@ -178,6 +189,9 @@ def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | 
             old = current if kept else candidate
             current = candidate if kept else current
             old.close()
+            last_trial_s = time.monotonic() - trial_started
+        if result.trials and result.trials[-1].reason == "out of time":
+            break
         analysis = profile_config(current)
     current.close()
     result.final = asdict(current.config)

@@ -31,7 +31,7 @@ def finish_run(tracer: StepTracer, run_dir: Path, profile: bool, console: Consol
 # What each auto-tune knob means for ``mint train``'s own recipe, which decodes every image
 # once and caches the frozen prefix's activations (no per-epoch input pipeline to tune).
 TRAINER_KNOBS: dict[str, str] = {
-    "frozen_onnxruntime": "applied: ONNX Runtime runs the frozen prefix that fills the "
+    "frozen_onnxruntime": "already on: ONNX Runtime runs the frozen prefix that fills the "
                           "activation cache",
     "channels_last": "already on: the cache's prefix runs channels_last",
     "cache_decoded": "already on: each image is decoded once and its activations cached",
@@ -42,18 +42,22 @@ TRAINER_KNOBS: dict[str, str] = {
 }
 
 
-def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console) -> dict[str, str]:
+def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console,
+                  deadline: float | None = None) -> dict[str, str]:
     """Tune the DataLoader fine-tuning workload on the user's own images (see docs/profile.md)
-    and return what each kept change means for ``mint train`` (:data:`TRAINER_KNOBS`); the
-    trainer applies the ones marked "applied". Everything is saved in
-    ``profile/autotune.json``, the config for DataLoader pipelines included."""
+    and return what each kept change means for ``mint train`` (:data:`TRAINER_KNOBS`).
+    Everything is saved in
+    ``profile/autotune.json``, the config for DataLoader pipelines included. ``deadline``
+    (``time.monotonic()``): no new change is tried after it (the search gives it a third of
+    ``--budget``)."""
     import json
 
     from .autotune import TuneSettings, autotune, save
     from .workload import WorkloadConfig
 
     result = autotune(Path(data_root), WorkloadConfig(), TuneSettings(rounds=3, steps=3),
-                      log=lambda line: console.print(f"[dim]auto-tune[/] {line}"))
+                      log=lambda line: console.print(f"[dim]auto-tune[/] {line}"),
+                      deadline=deadline)
     path = save(result, run_dir / PROFILE_DIR)
     kept = [t.knob for t in result.trials if t.kept]
     trainer = {knob: TRAINER_KNOBS.get(knob, "not applicable") for knob in kept}
@@ -62,21 +66,6 @@ def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console) -> dic
     for knob, meaning in trainer.items():
         console.print(f"  {knob}: {meaning}")
     return trainer
-
-
-def tuned_engine(run_dir: Path) -> str:
-    """The prefix engine a run's auto-tune chose (``torch`` when it did not run or keep it)."""
-    import json
-
-    from .autotune import AUTOTUNE_FILE
-    from .frozen import ENGINE_ORT, ENGINE_TORCH
-
-    path = run_dir / PROFILE_DIR / AUTOTUNE_FILE
-    if not path.exists():
-        return ENGINE_TORCH
-    trainer = json.loads(path.read_text()).get("trainer", {})
-    return ENGINE_ORT if str(trainer.get("frozen_onnxruntime", "")).startswith("applied") \
-        else ENGINE_TORCH
 
 
 def print_analysis(analysis: Analysis, console: Console) -> None:

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train.export import OPSET
-
 ENGINE_TORCH = "torch"
 ENGINE_ORT = "onnxruntime"
 
@@ -57,6 +55,8 @@ class OnnxFrozenPrefix(nn.Module):
                  ) -> None:
         super().__init__()
         import onnxruntime as ort
+
+        from ..train.export import OPSET  # here: train imports profile at module level
 
         if not is_frozen(module):
             raise ValueError("OnnxFrozenPrefix: the module has trainable parameters or "

@@ -39,6 +39,9 @@ HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 15  # a RUNNING trial without a heartbeat for this long is failed and retried
 MAX_CONSECUTIVE_SKIPS = 3
 RESERVE_SECONDS = 8.0
+# After publishing, the process still prints the report and tears down torch, onnxruntime and
+# the fitted models: measured 0.7-2.7 s on a busy 2-core machine, outside any trial's deadline.
+EXIT_SECONDS = 1.5
 # A trial that fails with one of these is recorded as failed and the search goes on (bad
 # hyper-parameters can make a candidate diverge or a library refuse its input).
 TRIAL_ERRORS = (MintError, RuntimeError, ValueError, ArithmeticError)
@@ -63,6 +66,7 @@ class SearchOptions:
     max_trials: int | None = None
     candidates: list[str] | None = None  # fnmatch patterns over candidate names; None: all
     profile: bool = False  # trials that run steps add a torch.profiler window + report
+    auto_tune: bool = False  # image tasks: tune the input pipeline first (≤ 1/3 of the budget)
 
 
 @dataclass
@@ -154,11 +158,18 @@ def retry_orphans(study: optuna.Study) -> list[int]:
     return failed
 
 
-def _enqueue_baselines(study: optuna.Study, baselines: list[Candidate]) -> None:
+def _enqueue_baselines(study: optuna.Study, baselines: list[Candidate],
+                       finetune: list[Candidate]) -> None:
+    """The baselines, then each fine-tuning candidate's known-good ``first_trial`` parameters
+    (when it offers them), so the first fine-tuning trial is not a random draw."""
     present = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False)}
     for cand in baselines:
         if cand.name not in present:
             study.enqueue_trial({}, user_attrs={"candidate": cand.name, "kind": cand.kind})
+    for cand in finetune:
+        first = getattr(cand, "first_trial", None)
+        if first is not None and cand.name not in present:
+            study.enqueue_trial(first(), user_attrs={"candidate": cand.name, "kind": cand.kind})
 
 
 def _accuracy(fitted: Fitted, data: TaskData) -> float:
@@ -296,17 +307,18 @@ def _select(opts: SearchOptions, task: str) -> list[Candidate]:
 
 
 def publish_reserve(budget: float, started: float, cpu_started: float) -> float:
-    """Seconds kept back for the final evaluation, ONNX export and check, and publishing:
-    ~5 s on an idle 2-core machine. When other processes compete for the CPU, loading the data
-    took more wall-clock than CPU time, and publishing will too: scale the reserve by that ratio
-    (capped, so a loaded machine still leaves most of the budget to the search)."""
+    """Seconds kept back for the final evaluation, ONNX export and check, publishing and the
+    process's exit: ~5 s + ~1 s on an idle 2-core machine. When other processes compete for the
+    CPU, loading the data took more wall-clock than CPU time, and publishing will too: scale the
+    reserve by that ratio (capped, so a loaded machine still leaves most of the budget to the
+    search)."""
     wall = time.monotonic() - started
     cpu = time.process_time() - cpu_started
     contended = wall / max(cpu, 1e-3) if wall > 2 else 1.0
     # The load average says the same when our own decoding threads hide it from the ratio.
     load = os.getloadavg()[0] / (os.cpu_count() or 1) if hasattr(os, "getloadavg") else 1.0
     slowdown = min(max(contended, load, 1.0), MAX_SLOWDOWN)
-    return min(max(RESERVE_SECONDS, 0.1 * budget) * slowdown, 0.4 * budget)
+    return min((max(RESERVE_SECONDS, 0.1 * budget) + EXIT_SECONDS) * slowdown, 0.4 * budget)
 
 
 def run_search(opts: SearchOptions, console: Console, started: float | None = None,
@@ -325,6 +337,10 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
                           reject_dir=opts.reject_dir, label_column=opts.label_column,
                           text_column=opts.text_column)
     data.extra["profile"] = opts.profile  # read by candidates that run training steps
+    if opts.auto_tune and data.task == "image-classification" and resume_dir is None:
+        from ..profile.commands import auto_tune_run
+
+        auto_tune_run(data.root, run_dir, console, deadline=started + opts.budget / 3)
     console.print(f"{data.task}: {len(data.train)} train / {len(data.val)} val items, "
                   f"{len(data.labels)} classes; split: {data.split_note} "
                   f"({time.monotonic() - started:.0f}s)")
@@ -345,7 +361,8 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
             console.print(f"[yellow]trial {number} was running when the search stopped; "
                           "queued again[/]")
     if not opts.worker:
-        _enqueue_baselines(study, [c for c in candidates if c.kind == "baseline"])
+        _enqueue_baselines(study, [c for c in candidates if c.kind == "baseline"],
+                           [c for c in candidates if c.kind != "baseline"])
     search = Search(opts, run_dir, data, candidates, study, deadline, console)
     board_summary = {"model": opts.name, "task": data.task, "split": data.split_note,
                      "budget": opts.budget}
@@ -364,13 +381,24 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
             f"Continue with: mint train --resume {run_dir}", str(run_dir)) from None
     winner, fitted = pick_winner(study, search.fitted)
     rows = leaderboard.rows_from_study(study)
-    board = {**board_summary, "winner": None, "notes": _notes(rows, winner)}
+    board = {**board_summary, "winner": None,
+             "notes": _notes(rows, winner) + _unfinished_notes(rows)}
     if winner is not None:
         board["winner"] = {"trial": winner.number, "candidate": winner.user_attrs["candidate"],
                            "val_accuracy": winner.value}
     leaderboard.save(run_dir, rows, board)
     board["trials"] = rows
     return SearchOutcome(run_dir, data, study, winner, fitted, board)
+
+
+def _unfinished_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per candidate that never completed a trial: why (its last trial's reason)."""
+    last: dict[str, str] = {}
+    done = {r["candidate"] for r in rows if r["state"] == "complete"}
+    for row in rows:
+        if row["candidate"] not in done:
+            last[row["candidate"]] = str(row["stop_reason"])
+    return [f"{name} did not finish a trial: {why}" for name, why in last.items()]
 
 
 def _notes(rows: list[dict[str, Any]], winner: optuna.trial.FrozenTrial | None) -> list[str]:

@@ -46,7 +46,8 @@ LOADERS = {
 # Modules whose import registers candidates (each calls ``register`` at import time).
 CANDIDATE_MODULES = {
     "image-classification": ("modelmint.search.image",),
-    "audio-classification": ("modelmint.search.candidates_audio",),
+    "audio-classification": ("modelmint.search.candidates_audio",
+                             "modelmint.search.candidates_audio_segments"),
     "text-classification": ("modelmint.search.candidates_text",),
 }
 

@@ -21,7 +21,7 @@ from ..data.check import DataReport, check_dataset
 from ..data.layout import discover
 from ..data.preprocess import to_tensor
 from ..errors import DataError, NotFound, TrainingInterrupted
-from ..profile.commands import auto_tune_run, finish_run, tracer_for_run, tuned_engine
+from ..profile.commands import auto_tune_run, finish_run, tracer_for_run
 from ..repository import ONNX_FILE, ModelMetadata, ModelRepository, check_model_name
 from .backbone import BACKBONES, build
 from .cache import ActivationCache, build_cache
@@ -150,8 +150,7 @@ def _execute(opts: TrainOptions, run_dir: Path, console: Console, resuming: bool
                 reporter.phase("cache",
                                len(val_items) + len(train_items) * len(opts.views))
                 cache = build_cache(model.prefix, data.crops, train_items, val_items, info.spec,
-                                    opts.views, deadline, tick=reporter.advance,
-                                    engine=tuned_engine(run_dir))
+                                    opts.views, deadline, tick=reporter.advance)
                 cache.save(cache_path)
             if len(cache.train_files) < len(train_items):
                 budget_note = (f"budget: only {len(cache.train_files)} of {len(train_items)} "
