@@ -12,6 +12,9 @@ Two kinds of :class:`TextSpec`, both pure Python + NumPy at serving time:
   algorithm of Hugging Face's pure-Python ``BertTokenizer``, re-implemented here so the server
   needs neither transformers nor tokenizers); the input row is ``[2, max_length]`` FP32 holding
   token ids and the attention mask (the ONNX graph casts them to int64).
+* ``tfidf+wordpiece`` — both, for a linear model stacked over TF-IDF features and sentence
+  embeddings: the row is the TF-IDF features followed by the flattened ``[2, max_length]``
+  wordpiece block (one FP32 input; the graph slices it).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class TfidfBlock:
 class TextSpec:
     """How a UTF-8 string becomes the model's FP32 input row."""
 
-    encoder: str = "tfidf"  # "tfidf" or "wordpiece"
+    encoder: str = "tfidf"  # "tfidf", "wordpiece" or "tfidf+wordpiece"
     blocks: tuple[TfidfBlock, ...] = ()
     wordpiece_vocab: tuple[str, ...] = ()
     max_length: int = 128  # wordpiece: tokens per text, with [CLS] and [SEP]
@@ -89,7 +92,12 @@ class TextSpec:
     def shape(self) -> list[int]:
         if self.encoder == "wordpiece":
             return [2, self.max_length]
-        return [sum(len(b.vocabulary) for b in self.blocks)]
+        return [self.tfidf_width + (2 * self.max_length if self.encoder == "tfidf+wordpiece"
+                                    else 0)]
+
+    @property
+    def tfidf_width(self) -> int:
+        return sum(len(b.vocabulary) for b in self.blocks)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "text", "encoder": self.encoder, "max_length": self.max_length,
@@ -127,6 +135,12 @@ class TextEncoder:
     def encode(self, text: str) -> np.ndarray:
         if self.spec.encoder == "wordpiece":
             return self._wordpiece(text)
+        tfidf = self._tfidf(text)
+        if self.spec.encoder == "tfidf+wordpiece":
+            return np.concatenate([tfidf, self._wordpiece(text).ravel()])
+        return tfidf
+
+    def _tfidf(self, text: str) -> np.ndarray:
         parts = []
         for block, index, idf in zip(self.spec.blocks, self.indexes, self.idfs, strict=True):
             row = np.zeros(len(index), np.float64)
