@@ -122,3 +122,19 @@ def test_deep_capture_writes_operator_stats_and_a_capped_trace(tmp_path: Path) -
     meta = json.loads(path.read_text())["otherData"]
     assert meta["dropped_events"] > 0  # 50 KB is far too small for the whole capture
     assert path.stat().st_size <= 0.05 * 2**20
+
+
+def test_torch_profiler_steps_line_up_with_the_step_trace(tmp_path: Path) -> None:
+    deep = DeepCaptureConfig(wait=1, warmup=1, active=2, with_stack=False)
+    tracer = StepTracer(tmp_path, deep=deep)
+    _train(tracer, DataLoader(SlowDataset(), batch_size=4), model=torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)))
+    out = tracer.close()
+    assert out is not None
+    events = json.loads((out / "trace.json").read_text())["traceEvents"]
+    ours = {e["name"]: e for e in events if e.get("cat") == "step"}
+    torch_steps = [e for e in events if str(e.get("name", "")).startswith("ProfilerStep#")]
+    assert torch_steps, "the capture window recorded no ProfilerStep slices"
+    for event in torch_steps:  # ProfilerStep#N opens when step N starts, on one clock
+        step = ours[f"step {event['name'].split('#')[1]}"]
+        assert abs(event["ts"] - step["ts"]) < 0.2 * step["dur"] + 2000, (event, step)

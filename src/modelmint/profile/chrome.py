@@ -42,8 +42,12 @@ def step_events(steps: list[dict[str, float]],
 
 
 def write_trace(path: Path, steps: list[dict[str, float]], queue: list[dict[str, float]],
-                deep_events: list[dict[str, Any]], max_mb: float = 50.0) -> dict[str, Any]:
-    """Write the merged trace; drop torch events beyond ``max_mb`` (ours are always kept)."""
+                deep_events: list[dict[str, Any]], max_mb: float = 50.0,
+                shift_us: float = 0.0) -> dict[str, Any]:
+    """Write the merged trace; drop torch events beyond ``max_mb`` (ours are always kept).
+
+    ``shift_us`` moves torch's events onto our timeline (µs since the tracer's origin), so a
+    ``ProfilerStep#N`` slice lines up with our step N."""
     ours = step_events(steps, queue)
     budget = int(max_mb * 2**20) - len(json.dumps(ours)) - 200
     kept: list[dict[str, Any]] = []
@@ -54,6 +58,8 @@ def write_trace(path: Path, steps: list[dict[str, float]], queue: list[dict[str,
             dropped += 1
             continue
         budget -= size
+        if shift_us and isinstance(event.get("ts"), int | float):
+            event = {**event, "ts": round(float(event["ts"]) + shift_us, 3)}
         kept.append(event)
     meta = {"source": "modelmint", "torch_events": len(kept), "dropped_events": dropped,
             "cap_mb": max_mb}

@@ -38,6 +38,7 @@ class DeepCapture:
     def __init__(self, config: DeepCaptureConfig, out_dir: Path | None) -> None:
         self.config, self.out_dir = config, out_dir
         self.events: list[dict[str, Any]] = []
+        self.base_unix_us = 0.0
         self.stats: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         if config.with_stack:
@@ -67,6 +68,9 @@ class DeepCapture:
             prof.export_chrome_trace(str(path))
             data = json.loads(path.read_text())
         self.events = data.get("traceEvents", []) if isinstance(data, dict) else data
+        # Kineto's ts are µs after baseTimeNanoseconds (a Unix time): together, wall-clock µs.
+        self.base_unix_us = float(data.get("baseTimeNanoseconds", 0)) / 1e3 \
+            if isinstance(data, dict) else 0.0
         self.stats["peak_memory"] = _peak_memory(self.events)
 
     def finish(self) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import statistics
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, time_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -70,6 +70,7 @@ class StepTracer:
         self._current: dict[str, float] = {}
         self._step_started: float | None = None
         self._origin = perf_counter()
+        self._origin_unix_us = time_ns() / 1e3  # the same instant on the wall clock
         self._rolling: deque[float] = deque(maxlen=ROLLING_WINDOW)
         self._phases: dict[str, _Phase] = {}
         self._loaders: list[Any] = []
@@ -166,8 +167,11 @@ class StepTracer:
             return self._profile_dir()
         self._closed = True
         deep_events: list[dict[str, Any]] = []
+        shift_us = 0.0
         if self._deep is not None:
             deep_events = self._deep.finish()
+            if self._deep.base_unix_us:  # torch's timeline onto ours (µs since the origin)
+                shift_us = self._deep.base_unix_us - self._origin_unix_us
         out = self._profile_dir()
         if out is None:
             return None
@@ -178,7 +182,8 @@ class StepTracer:
         (out / SUMMARY_FILE).write_text(json.dumps(self.summary(), indent=2))
         from .chrome import write_trace
         cap = self._deep.config.max_trace_mb if self._deep is not None else 50.0
-        write_trace(out / TRACE_FILE, self.steps, self.queue_samples, deep_events, cap)
+        write_trace(out / TRACE_FILE, self.steps, self.queue_samples, deep_events, cap,
+                    shift_us)
         return out
 
     def __enter__(self) -> StepTracer:
