@@ -167,11 +167,9 @@ def _pipeline_advice(summary: dict[str, Any], pipeline: dict[str, Any],
             f"transform {per.get('transform', 0):.1f} ms/sample = "
             f"{_share(stages, 'transform'):.0%} of loading ({timing}); chain: "
             f"{' → '.join(transform.get('ops', []))}",
-            "keep only the geometric ops per sample (torchvision.transforms.v2 RandomCrop, "
-            "RandomHorizontalFlip, PILToTensor: uint8 out); ToDtype(torch.float32, "
-            "scale=True), ColorJitter with per-image factors "
-            "(profile.workload.batch_color_jitter) and Normalize once per batch",
-            knob="tensor_transforms"))
+            "decode to uint8 tensors and use torchvision.transforms.v2 (RandomCrop, "
+            "RandomHorizontalFlip, ColorJitter on uint8 tensors; ToDtype(torch.float32, "
+            "scale=True) + Normalize once per batch)", knob="tensor_transforms"))
     source = data_facts.get("mean_source_pixels")
     target = data_facts.get("target_pixels")
     if _share(stages, "decode") + _share(stages, "read") >= 0.15 and not \

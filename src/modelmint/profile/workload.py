@@ -8,9 +8,8 @@ Normalize). Each knob of :class:`WorkloadConfig` is one change the advisor can p
 
 - ``draft_decode``: PIL draft mode (libjpeg DCT scaling) to decode close to the resize size;
 - ``cache_decoded``: keep each decoded, resized uint8 image after its first decode;
-- ``tensor_transforms``: per sample only the geometric ops (crop, flip) on PIL, out as uint8
-  tensors; float conversion, colour jitter (each image its own factors) and normalisation
-  once per batch, vectorised (in the ``h2d`` phase; :func:`batch_color_jitter`);
+- ``tensor_transforms``: uint8 tensors through torchvision.transforms.v2 per sample, float
+  conversion and normalisation once per batch (in the ``h2d`` phase);
 - ``channels_last``: the model and its inputs in channels_last memory format;
 - ``num_workers``: DataLoader worker processes (persistent);
 - ``frozen_onnxruntime``: the frozen ``features[:18]`` run by ONNX Runtime (:mod:`.frozen`).
@@ -43,37 +42,6 @@ from .trace import StepTracer
 KNOBS = ("draft_decode", "cache_decoded", "tensor_transforms", "channels_last", "num_workers",
          "frozen_onnxruntime")
 TRAINABLE_BLOCK = 18  # MobileNetV2 features[18]: the last block, trained with the head
-JITTER = 0.4  # ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4), as in the chain
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma, torchvision's rgb_to_grayscale weights: [N,3,H,W] -> [N,1,H,W]."""
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-
-def batch_color_jitter(x: torch.Tensor, strength: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """ColorJitter(strength, strength, strength) on a float batch in [0, 1], each image with its
-    own factors drawn from U(1 - strength, 1 + strength), as torchvision would draw per image.
-
-    Each op is torchvision's blend ``clamp(f * img + (1 - f) * other, 0, 1)``:
-    brightness blends with black, contrast with the image's mean luma, saturation with its
-    luma image. torchvision shuffles the op order per image; here the order is shuffled per
-    batch (one order for all images; the factors stay per image). Hand-written because
-    torchvision's v2 ColorJitter draws one factor per call, i.e. one for a whole batch.
-    """
-    n = x.shape[0]
-    factors = 1 - strength + 2 * strength * torch.rand(3, n, 1, 1, 1, generator=generator)
-    for op in torch.randperm(3, generator=generator).tolist():
-        f = factors[op]
-        if op == 0:
-            other: torch.Tensor | float = 0.0
-        elif op == 1:
-            other = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        else:
-            other = _gray(x)
-        x = (f * x + (1 - f) * other).clamp_(0, 1)
-    return x
 
 
 @dataclass(frozen=True)
@@ -108,13 +76,13 @@ class JpegFolder(Dataset[tuple[Any, int]]):
         c = config
         self.resize = v1.Resize(c.resize)
         if c.tensor_transforms:
-            # Crop/flip stay in PIL's C kernels (v2 dispatches on the input type) and the
-            # sample leaves as uint8; ToTensor, ColorJitter and Normalize move to one
-            # vectorised pass per batch in to_device(). Measured here (idle 2 cores, ONNX
-            # Runtime prefix, decoded images cached): per-sample PIL ColorJitter + ToTensor +
-            # Normalize ~1.5 ms a sample, 50 ms of a 226 ms step; the batch pass ~10 ms.
+            # Crop/flip/jitter stay in PIL's C kernels (v2 dispatches on the input type); what
+            # goes is the per-sample float conversion and normalisation (ToTensor, Normalize):
+            # uint8 tensors out, one vectorised normalise per batch in to_device(). Measured
+            # here: per-sample float tensor ops cost 1-40 ms each on 2 busy cores, PIL's ~2 ms.
             self.transform: Callable[[Any], Any] = v2.Compose([
-                v2.RandomCrop(c.crop), v2.RandomHorizontalFlip(), v2.PILToTensor()])
+                v2.RandomCrop(c.crop), v2.RandomHorizontalFlip(),
+                v2.ColorJitter(0.4, 0.4, 0.4), v2.PILToTensor()])
         else:
             self.transform = v1.Compose([
                 v1.RandomCrop(c.crop), v1.RandomHorizontalFlip(), v1.ColorJitter(0.4, 0.4, 0.4),
@@ -208,14 +176,12 @@ class Workload:
             drop_last=True,
             num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
             generator=torch.Generator().manual_seed(seed)))
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.jitter_rng = torch.Generator().manual_seed(seed + 1)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:  # tensor transforms: jitter + normalise once per batch
-            x = batch_color_jitter(x.float().div_(255), JITTER, self.jitter_rng)
-            x = (x - self.mean) / self.std
+        if x.dtype == torch.uint8:  # tensor transforms: normalise once per batch
+            x = (x.float() - self.mean) / self.std
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
