@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from modelmint.profile import StepTracer, analyze, write_report
-from modelmint.profile.advisor import analyze_summary
+from modelmint.profile.advisor import analyze_summary, load_summary
 from modelmint.profile.autotune import decide
-from modelmint.profile.workload import Workload
+from modelmint.profile.workload import Workload, WorkloadConfig
 
 
 def test_bottlenecked_config_is_input_bound_with_the_transform_stage_named(
@@ -25,7 +26,7 @@ def test_bottlenecked_config_is_input_bound_with_the_transform_stage_named(
     assert "python-transforms" in rules and "workers" in rules and "channels-last" in rules
     python = next(a for a in analysis.advice if a.rule == "python-transforms")
     assert "ms/sample" in python.evidence and "ToTensor" in python.evidence
-    assert "transforms.v2" in python.setting and python.knob == "tensor_transforms"
+    assert "batch_colour" in python.setting and python.knob == "tensor_transforms"
     workers = next(a for a in analysis.advice if a.rule == "workers")
     assert "num_workers=0" in workers.evidence
     assert "cores" in workers.evidence  # on 2 cores it says workers compete with compute
@@ -95,3 +96,30 @@ def test_full_output_buffer_while_waiting_blames_the_device_copy() -> None:
     analysis = analyze_summary(_summary(0.3, 0.3, 0.3, 0.05, cuda=False,
                                         occupancy={"input": 0.1, "output": 0.9}))
     assert analysis.input_bound and analysis.bottleneck_stage == "to-device"
+
+
+def test_advised_tensor_transforms_batch_the_colour_work(hymenoptera: Path, tmp_path: Path
+                                                         ) -> None:
+    """The python-transforms advice applied: per-sample work is a crop and a flip, the colour
+    work is timed as the batch stage, each stage once, and the advice is not repeated."""
+    workload = Workload(hymenoptera, WorkloadConfig(
+        batch_size=8, image_limit=32, tensor_transforms=True, cache_decoded=True))
+    try:
+        x, _ = workload.sample_batches(1)[0]
+        assert x.shape == (8, 3, 224, 224) and x.dtype == torch.float32
+        # normalised ImageNet statistics: roughly zero-centred, within the clip bounds
+        assert float(x.min()) > -2.2 and float(x.max()) < 2.7 and abs(float(x.mean())) < 1.0
+        tracer = StepTracer(tmp_path)
+        workload.run(tracer, 3)
+        tracer.close()
+    finally:
+        workload.close()
+    summary = load_summary(tmp_path)
+    stages = summary["pipeline"]["stages"]
+    assert stages["batch"]["seconds"] > 0 and stages["transform"]["seconds"] > 0
+    # one "transform" call per sample (plus one for the Resize of each first decode): the
+    # dataset's own stage() blocks are not timed a second time by instrument_loader
+    samples = summary["pipeline"]["samples"]
+    assert samples <= stages["transform"]["calls"] <= 2 * samples
+    assert summary["facts"]["transform"]["pil_per_sample"] is False
+    assert "python-transforms" not in [a.rule for a in analyze_summary(summary).advice]

@@ -167,9 +167,10 @@ def _pipeline_advice(summary: dict[str, Any], pipeline: dict[str, Any],
             f"transform {per.get('transform', 0):.1f} ms/sample = "
             f"{_share(stages, 'transform'):.0%} of loading ({timing}); chain: "
             f"{' → '.join(transform.get('ops', []))}",
-            "decode to uint8 tensors and use torchvision.transforms.v2 (RandomCrop, "
-            "RandomHorizontalFlip, ColorJitter on uint8 tensors; ToDtype(torch.float32, "
-            "scale=True) + Normalize once per batch)", knob="tensor_transforms"))
+            "crop and flip the cached uint8 arrays per sample; ColorJitter + ToTensor + "
+            "Normalize as one 3x3 colour matrix per image over the whole batch in collate_fn "
+            "(modelmint.data.batch_colour: CropFlipJitter + BatchColour)",
+            knob="tensor_transforms"))
     source = data_facts.get("mean_source_pixels")
     target = data_facts.get("target_pixels")
     if _share(stages, "decode") + _share(stages, "read") >= 0.15 and not \

@@ -170,7 +170,10 @@ def instrument_loader(dataloader: DataLoader[Any]) -> DataLoader[Any]:
         return dataloader
     recorder = StageRecorder()
     dataset = copy.copy(dataloader.dataset)  # the caller's object keeps its own attributes
-    for attr, name in (("loader", "decode"), ("transform", "transform")):
+    # A dataset that times its own stages (stage() blocks) must not be timed twice.
+    wrap = () if getattr(dataset, "times_own_stages", False) else (
+        ("loader", "decode"), ("transform", "transform"))
+    for attr, name in wrap:
         fn = getattr(dataset, attr, None)
         if callable(fn) and not isinstance(fn, _Timed):
             setattr(dataset, attr, _Timed(fn, name))

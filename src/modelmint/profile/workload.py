@@ -8,8 +8,9 @@ Normalize). Each knob of :class:`WorkloadConfig` is one change the advisor can p
 
 - ``draft_decode``: PIL draft mode (libjpeg DCT scaling) to decode close to the resize size;
 - ``cache_decoded``: keep each decoded, resized uint8 image after its first decode;
-- ``tensor_transforms``: uint8 tensors through torchvision.transforms.v2 per sample, float
-  conversion and normalisation once per batch (in the ``h2d`` phase);
+- ``tensor_transforms``: crop and flip as uint8 array views per sample; ColorJitter, ToTensor
+  and Normalize as one colour matrix per image applied to the whole batch in the DataLoader's
+  ``collate_fn`` (:mod:`modelmint.data.batch_colour`);
 - ``channels_last``: the model and its inputs in channels_last memory format;
 - ``num_workers``: DataLoader worker processes (persistent);
 - ``frozen_onnxruntime``: the frozen ``features[:18]`` run by ONNX Runtime (:mod:`.frozen`).
@@ -29,8 +30,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
-from torchvision.transforms import v2
 
+from ..data.batch_colour import BatchColour, CropFlipJitter
 from ..data.layout import discover
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
@@ -70,23 +71,24 @@ class WorkloadConfig:
 class JpegFolder(Dataset[tuple[Any, int]]):
     """The training images of a folder, decoded and augmented per sample."""
 
+    times_own_stages = True  # stage() blocks below: instrument_loader must not wrap transform
+
     def __init__(self, files: list[tuple[Path, int]], config: WorkloadConfig) -> None:
         self.files, self.config = files, config
         self.cache: dict[int, Image.Image] = {}
+        self.arrays: dict[int, np.ndarray] = {}  # the cache as uint8 arrays (tensor path)
         c = config
         self.resize = v1.Resize(c.resize)
+        self.transform: Callable[[Any], Any]
         if c.tensor_transforms:
-            # Crop/flip/jitter stay in PIL's C kernels (v2 dispatches on the input type); what
-            # goes is the per-sample float conversion and normalisation (ToTensor, Normalize):
-            # uint8 tensors out, one vectorised normalise per batch in to_device(). Measured
-            # here: per-sample float tensor ops cost 1-40 ms each on 2 busy cores, PIL's ~2 ms.
-            self.transform: Callable[[Any], Any] = v2.Compose([
-                v2.RandomCrop(c.crop), v2.RandomHorizontalFlip(),
-                v2.ColorJitter(0.4, 0.4, 0.4), v2.PILToTensor()])
+            # Per sample only index arithmetic and the jitter's random factors; the colour
+            # work, float conversion and normalisation run once per batch (collate_fn).
+            self.transform = CropFlipJitter(c.crop, 0.4, 0.4, 0.4)
         else:
             self.transform = v1.Compose([
                 v1.RandomCrop(c.crop), v1.RandomHorizontalFlip(), v1.ColorJitter(0.4, 0.4, 0.4),
                 v1.ToTensor(), v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.collate = BatchColour(IMAGENET_MEAN, IMAGENET_STD) if c.tensor_transforms else None
         sizes = [Image.open(p).size for p, _ in files[:32]]
         self.profile_facts = {
             "mean_source_pixels": float(np.mean([w * h for w, h in sizes])) if sizes else 0.0,
@@ -117,10 +119,19 @@ class JpegFolder(Dataset[tuple[Any, int]]):
             self.cache[index] = img
         return img
 
+    def _array(self, index: int) -> np.ndarray:
+        array = self.arrays.get(index)
+        if array is None:
+            array = np.asarray(self._decoded(index))
+            if self.config.cache_decoded:
+                self.arrays[index] = array
+                self.cache.pop(index, None)
+        return array
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = self._decoded(index)
+        source = self._array(index) if self.config.tensor_transforms else self._decoded(index)
         with stage("transform"):
-            return self.transform(img), self.files[index][1]
+            return self.transform(source), self.files[index][1]
 
 
 def training_files(data_root: Path, limit: int | None = None) -> list[tuple[Path, int]]:
@@ -175,13 +186,9 @@ class Workload:
             self.dataset, batch_size=min(config.batch_size, len(files)), shuffle=True,
             drop_last=True,
             num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
-            generator=torch.Generator().manual_seed(seed)))
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+            collate_fn=self.dataset.collate, generator=torch.Generator().manual_seed(seed)))
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:  # tensor transforms: normalise once per batch
-            x = (x.float() - self.mean) / self.std
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
