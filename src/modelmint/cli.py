@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,24 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import MintError, TrainingInterrupted
+from ._cli_common import emit_json as _emit_json
+from ._cli_common import err_console
+from ._cli_common import fail as _fail
+from ._cli_serving import models, predict, serve, stats
+from .errors import MintError
 
 # Taken before torch is imported (commands import it lazily): --budget covers the whole command.
 COMMAND_STARTED = time.monotonic()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="modelmint: a folder of labelled data → a trained, evaluated, served model.")
-err_console = Console(stderr=True)
-
-
-def _fail(exc: MintError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.message}")
-    raise typer.Exit(130 if isinstance(exc, TrainingInterrupted) else 2)
-
-
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 @app.command()
@@ -206,142 +197,9 @@ def check(
         console.print(f"[yellow]warning:[/] {warning}")
 
 
-@app.command()
-def serve(
-    repo: Annotated[Path, typer.Argument(help="Model repository to serve.")],
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="KServe V2 HTTP port (0: any free port).")]
-    = 8000,
-    grpc_port: Annotated[int, typer.Option(
-        help="KServe V2 gRPC port (0: any free port; -1: no gRPC).", min=-1)] = 8001,
-    metrics_port: Annotated[int, typer.Option(
-        help="Prometheus /metrics port (0: any free port; -1: none).", min=-1)] = 8002,
-    max_request_bytes: Annotated[int, typer.Option(
-        help="Largest request body (HTTP) or message (gRPC) accepted.")] = 16 * 1024 * 1024,
-    poll: Annotated[float, typer.Option(
-        help="Re-read the repository every SECONDS and hot-update changed models (0: only "
-             "via POST /v2/repository/models/NAME/load).", min=0)] = 0.0,
-) -> None:
-    """Serve the versions each model's config.json selects over KServe V2 HTTP and gRPC."""
-    from .serve import run_server
-
-    try:
-        run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
-                   grpc_port=None if grpc_port < 0 else grpc_port,
-                   metrics_port=None if metrics_port < 0 else metrics_port,
-                   poll_interval_s=poll)
-    except MintError as exc:
-        _fail(exc)
-
-
-@app.command()
-def predict(
-    files: Annotated[list[Path] | None, typer.Argument(
-        help="Image or sound (.wav) files, or folders.")] = None,
-    model: Annotated[str, typer.Option(help="Model name.")] = "",
-    text: Annotated[list[str] | None, typer.Option(
-        "--text", help="A text to classify (repeatable), for text models.")] = None,
-    url: Annotated[str | None, typer.Option(help="Server URL, e.g. http://127.0.0.1:8000")]
-    = None,
-    repo: Annotated[Path | None, typer.Option(help="Predict in-process from a repository.")]
-    = None,
-    version: Annotated[int | None, typer.Option(help="Model version (default: latest).")] = None,
-    top_k: Annotated[int, typer.Option(help="How many labels to return per file.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
-) -> None:
-    """Classify image or sound files, or --text strings, through a server (--url) or a
-    repository (--repo)."""
-    from .client import predict as run_predict
-    from .client import predict_texts, print_predictions
-
-    if (url is None) == (repo is None):
-        _fail(MintError("mint predict needs exactly one of --url or --repo"))
-    if not model or bool(files) == bool(text):
-        _fail(MintError("mint predict needs --model and either files or --text (not both)"))
-    try:
-        preds = (predict_texts(text or [], model, url=url, repo=repo, version=version,
-                               top_k=top_k) if text else
-                 run_predict(files or [], model, url=url, repo=repo, version=version,
-                             top_k=top_k))
-    except MintError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        for p in preds:
-            _emit_json(p.to_json())
-    else:
-        print_predictions(preds, Console())
-
-
-@app.command()
-def models(
-    repo: Annotated[Path, typer.Argument(help="Model repository.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """List the models and versions in a repository."""
-    from .repository import require_repo_dir
-
-    try:
-        store = require_repo_dir(repo)
-        rows: list[dict[str, Any]] = []
-        for name in store.models():
-            for ref in store.versions(name):
-                meta = ref.metadata()
-                rows.append({"model": name, "version": ref.version,
-                             "architecture": meta.architecture, "labels": meta.labels,
-                             "val_accuracy": meta.metrics.get("val_accuracy"),
-                             "created": meta.created, "path": str(ref.path)})
-    except MintError as exc:
-        _fail(exc)
-        return
-    if as_json:
-        _emit_json(rows)
-        return
-    table = Table(title=str(repo))
-    for col in ("model", "version", "architecture", "classes", "val accuracy", "created"):
-        table.add_column(col)
-    for r in rows:
-        acc = r["val_accuracy"]
-        table.add_row(r["model"], str(r["version"]), r["architecture"], str(len(r["labels"])),
-                      "-" if acc is None else f"{acc:.1%}", r["created"])
-    Console().print(table)
-
-
-@app.command()
-def stats(
-    url: Annotated[str, typer.Argument(help="Server URL, e.g. http://127.0.0.1:8000")],
-    model: Annotated[list[str] | None, typer.Option(
-        help="Model to show (repeatable; default: every model the server lists).")] = None,
-    watch: Annotated[float | None, typer.Option(
-        help="Refresh every SECONDS until Ctrl-C.", min=0.1)] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Live p50/p90/p99/p999/max latency per model and version of a running server."""
-    from rich.live import Live
-
-    from .live_stats import fetch_stats, stats_table
-
-    try:
-        rows = fetch_stats(url, model)
-        if as_json:
-            _emit_json(rows)
-            return
-        console = Console()
-        if watch is None or not console.is_terminal:  # piped: one table per refresh
-            while True:
-                console.print(stats_table(rows, url))
-                if watch is None:
-                    return
-                time.sleep(watch)
-                rows = fetch_stats(url, model)
-        with Live(stats_table(rows, url), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(watch)
-                live.update(stats_table(fetch_stats(url, model), url), refresh=True)
-    except MintError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        pass
+# The serving side's commands live in _cli_serving (same helpers, same in-process API).
+for _command in (serve, predict, models, stats):
+    app.command()(_command)
 
 
 @app.command()

@@ -33,8 +33,9 @@ def check_ray(address: str) -> None:
 
 def _remote_trial(opts_json: dict[str, Any], run_dir: str, deadline_wall: float) -> int:
     """One trial inside a Ray worker; returns the trial number it ran."""
-    from .driver import Search, SearchOptions, _select, open_study
+    from .driver import Search, SearchOptions, _select
     from .registry import load_task_data
+    from .study_storage import open_study
 
     opts = SearchOptions(**opts_json)
     key = (opts.data, opts.seed, opts.group_by, opts.reject_dir, opts.label_column,
