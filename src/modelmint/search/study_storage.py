@@ -8,11 +8,12 @@ schema, and the loser retries.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..errors import DataError
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.db"
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 15  # a RUNNING trial without a heartbeat for this long is failed and retried
+
+
+def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Queue a stale trial once more. Optuna 4.9 renamed RetryFailedTrialCallback to this class,
+    which it still marks experimental although it dates from v2.8: the warning says nothing to a
+    user, so it is silenced here and only here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
 def storage_url(url: str) -> str:
@@ -39,7 +49,7 @@ def open_study(opts: SearchOptions, run_dir: Path, task: str) -> optuna.Study:
     url = storage_url(opts.storage or f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     for attempt in range(3):
         try:
-            retry = RetryFailedTrialCallback(max_retry=1)
+            retry = _retry_callback()
             storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
                                  grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
             break
@@ -78,6 +88,6 @@ def retry_orphans(study: optuna.Study) -> list[int]:
         storage.set_trial_user_attr(trial._trial_id, "stop_reason",
                                     "killed (no heartbeat): queued again on resume")
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        RetryFailedTrialCallback(max_retry=1)(study, study.get_trials()[trial.number])
+        _retry_callback()(study, study.get_trials()[trial.number])
         failed.append(trial.number)
     return failed
