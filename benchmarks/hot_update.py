@@ -1,7 +1,7 @@
 """Latency during hot updates: ``mint serve --poll`` vs MLServer 1.7.1, same ONNX model.
 
 MobileNetV2 (torchvision, random weights, 2 classes) is exported once with
-``modelmint.train.package.publish_model`` (with a warm-up image); every ``--interval`` seconds
+``modelmint._train.package.publish_model`` (with a warm-up image); every ``--interval`` seconds
 a copy of it is published as a new version (``ModelRepository.publish``, an atomic rename) and
 the server must switch to it. MLServer gets the same model file copied to a new path and a
 ``POST /v2/repository/models/NAME/load`` (its reload: load the new one, then swap).
@@ -45,9 +45,9 @@ def export(root: Path) -> Path:
     """MobileNetV2 published once (torch only here, never during the measurement)."""
     import torchvision
 
-    from modelmint.data.preprocess import ImageSpec
-    from modelmint.repository import ModelMetadata, ModelRepository
-    from modelmint.train.package import publish_model
+    from modelmint._data.preprocess import ImageSpec
+    from modelmint._repository import ModelMetadata, ModelRepository
+    from modelmint._train.package import publish_model
 
     images = sorted(SAMPLE.glob("*/*.jpg"))[:1]
     model = torchvision.models.mobilenet_v2(num_classes=2).eval()
@@ -58,7 +58,7 @@ def export(root: Path) -> Path:
 
 
 def publish_copy(repo: Path, source: Path) -> int:
-    from modelmint.repository import ModelRepository
+    from modelmint._repository import ModelRepository
 
     def write(tmp: Path, version: int) -> None:
         shutil.copytree(source, tmp, dirs_exist_ok=True)

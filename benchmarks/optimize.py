@@ -43,23 +43,23 @@ from rich.table import Table
 from torch import nn
 
 from _common import ForeignCpu
-from modelmint.data.preprocess import ImageSpec
-from modelmint.optimize import optimize
-from modelmint.optimize.measure import Candidate, measure, ort_runner, ort_session
-from modelmint.optimize.openvino_path import openvino_runner
-from modelmint.optimize.partition_compile import partition_model
-from modelmint.optimize.passes_onnx import run_onnx_passes
-from modelmint.optimize.pipeline import load_labelled
-from modelmint.optimize.quantize import (
+from modelmint._data.preprocess import ImageSpec
+from modelmint._optimize import optimize
+from modelmint._optimize.measure import Candidate, measure, ort_runner, ort_session
+from modelmint._optimize.openvino_path import openvino_runner
+from modelmint._optimize.partition_compile import partition_model
+from modelmint._optimize.passes_onnx import run_onnx_passes
+from modelmint._optimize.pipeline import load_labelled
+from modelmint._optimize.quantize import (
     choose_quant_config,
     cpu_features,
     preprocess_for_quant,
     quantize_int8,
 )
-from modelmint.optimize.select import LabelledImages
-from modelmint.optimize.torch_paths import torch_runner
-from modelmint.repository import ONNX_FILE, ModelMetadata, ModelRepository
-from modelmint.train.package import publish_model
+from modelmint._optimize.select import LabelledImages
+from modelmint._optimize.torch_paths import torch_runner
+from modelmint._repository import ONNX_FILE, ModelMetadata, ModelRepository
+from modelmint._train.package import publish_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 BATCHES = (1, 8)

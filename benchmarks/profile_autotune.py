@@ -32,9 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from _common import ForeignCpu, summary
-from modelmint.profile.autotune import Runner, TuneSettings, autotune, interleaved, replay_probe
-from modelmint.profile.overhead import overhead
-from modelmint.profile.workload import WorkloadConfig
+from modelmint._profile.autotune import Runner, TuneSettings, autotune, interleaved, replay_probe
+from modelmint._profile.overhead import overhead
+from modelmint._profile.workload import WorkloadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

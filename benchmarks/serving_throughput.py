@@ -1,7 +1,7 @@
 """Serving throughput and latency: ``mint serve`` vs MLServer 1.7.1, same ONNX model.
 
 The model is torchvision's MobileNetV2 (random weights, 2 classes) published with
-``modelmint.train.package.publish_model``; MLServer serves the very same ``model.onnx`` through
+``modelmint._train.package.publish_model``; MLServer serves the very same ``model.onnx`` through
 a custom runtime with our session settings (see ``_mlserver.py``). Each server gets the client
 its users would use: ours tritonclient.http with binary tensors (the V2 binary extension);
 MLServer tritonclient.grpc, whose raw tensor contents are MLServer's cheapest encoding for a
@@ -49,9 +49,9 @@ def publish(root: Path) -> Path:
     """MobileNetV2 with 2 classes in a fresh repository; its version directory."""
     import torchvision
 
-    from modelmint.data.preprocess import ImageSpec
-    from modelmint.repository import ModelMetadata, ModelRepository
-    from modelmint.train.package import publish_model
+    from modelmint._data.preprocess import ImageSpec
+    from modelmint._repository import ModelMetadata, ModelRepository
+    from modelmint._train.package import publish_model
 
     model = torchvision.models.mobilenet_v2(num_classes=2).eval()
     meta = ModelMetadata(name=MODEL_NAME, labels=["ants", "bees"], architecture="mobilenet_v2",

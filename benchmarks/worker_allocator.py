@@ -1,7 +1,7 @@
 """Allocator options for the serving worker process (article 001's third fix).
 
 For each of ONNX Runtime's CPU arena on/off x glibc malloc / jemalloc (``LD_PRELOAD`` of
-Debian's ``libjemalloc2``), start one worker (:class:`modelmint.serve.executors.ProcessExecutor`)
+Debian's ``libjemalloc2``), start one worker (:class:`modelmint._serve.executors.ProcessExecutor`)
 on MobileNetV2 (random weights, 2 classes), time its start, then run ``--requests`` sequential
 FP32 [1, 3, 224, 224] batches while a second worker for the same model is started and stopped
 in the background every second (the update situation: two sessions allocating at once); report
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hot_update import export
-from modelmint.serve.executors import JEMALLOC, ProcessExecutor
+from modelmint._serve.executors import JEMALLOC, ProcessExecutor
 
 CONFIGS = [(arena, jemalloc) for arena in (False, True) for jemalloc in (False, True)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from modelmint.train import TrainOptions, TrainResult, train
+from modelmint._train import TrainOptions, TrainResult, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HYMENOPTERA = SHARED / "hymenoptera"

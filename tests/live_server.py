@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from modelmint.serve import DataPlane
-from modelmint.serve.server import ModelServer, build_server
+from modelmint._serve import DataPlane
+from modelmint._serve.server import ModelServer, build_server
 
 
 @contextmanager

@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-from modelmint.search.driver import SearchOptions
-from modelmint.search.run import search
+from modelmint._search.driver import SearchOptions
+from modelmint._search.run import search
 
 
 def train(data: Path, tmp: Path, candidates: list[str], budget: float = 120.0,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from modelmint.data.preprocess import preprocess
-from modelmint.demo import free_port, start_server
-from modelmint.train import TrainResult
+from modelmint._data.preprocess import preprocess
+from modelmint._demo import free_port, start_server
+from modelmint._train import TrainResult
 
 
 @pytest.fixture(scope="module")

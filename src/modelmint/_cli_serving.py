@@ -32,7 +32,7 @@ def serve(
              "via POST /v2/repository/models/NAME/load).", min=0)] = 0.0,
 ) -> None:
     """Serve the versions each model's config.json selects over KServe V2 HTTP and gRPC."""
-    from .serve import run_server
+    from ._serve import run_server
 
     try:
         run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
@@ -59,8 +59,8 @@ def predict(
 ) -> None:
     """Classify image or sound files, or --text strings, through a server (--url) or a
     repository (--repo)."""
-    from .client import predict as run_predict
-    from .client import predict_texts, print_predictions
+    from ._client import predict as run_predict
+    from ._client import predict_texts, print_predictions
 
     if (url is None) == (repo is None):
         _fail(MintError("mint predict needs exactly one of --url or --repo"))
@@ -86,7 +86,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the models and versions in a repository."""
-    from .repository import require_repo_dir
+    from ._repository import require_repo_dir
 
     try:
         store = require_repo_dir(repo)
@@ -125,7 +125,7 @@ def stats(
     """Live p50/p90/p99/p999/max latency per model and version of a running server."""
     from rich.live import Live
 
-    from .live_stats import fetch_stats, stats_table
+    from ._live_stats import fetch_stats, stats_table
 
     try:
         rows = fetch_stats(url, model)

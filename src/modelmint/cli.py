@@ -74,14 +74,14 @@ def train(
     # a non-interactive shell's background job, which starts children with SIGINT ignored (the
     # web app stops its training jobs with SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from .train import TrainOptions
-    from .train import resume as resume_run
-    from .train import train as train_run
-    from .train.evaluate import print_report
+    from ._train import TrainOptions
+    from ._train import resume as resume_run
+    from ._train import train as train_run
+    from ._train.evaluate import print_report
 
     console = err_console if as_json else Console()
     try:
-        from .search.run import is_search_run
+        from ._search.run import is_search_run
 
         if (resume is not None and is_search_run(resume)) or (resume is None and epochs is None):
             _train_search(data, name, repo, budget, seed, runs_dir, resume, as_json, console,
@@ -117,9 +117,9 @@ def _train_search(data: Path | None, name: str | None, repo: Path, budget: float
                   seed: int, runs_dir: Path, resume: Path | None, as_json: bool,
                   console: Console, **extra: Any) -> None:
     """The model search (issue 6): ``search.run`` does the work; this prints and exits."""
-    from .search.driver import SearchOptions
-    from .search.run import resume_search, search
-    from .train.evaluate import print_report
+    from ._search.driver import SearchOptions
+    from ._search.run import resume_search, search
+    from ._train.evaluate import print_report
 
     if resume is not None:
         result = resume_search(resume, console, budget=budget, started=COMMAND_STARTED)
@@ -152,7 +152,7 @@ def leaderboard(
     = False,
 ) -> None:
     """Print the leaderboard of a model search: every trial, its metric, time, why it stopped."""
-    from .search.leaderboard import load, print_leaderboard
+    from ._search.leaderboard import load, print_leaderboard
 
     try:
         board = load(run_dir)
@@ -173,7 +173,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Report class counts, unreadable files, duplicates, leakage and outliers."""
-    from .data import check_dataset, discover
+    from ._data import check_dataset, discover
 
     try:
         report = check_dataset(discover(data, seed=seed), strict=strict)
@@ -210,7 +210,7 @@ def demo(
     rounds: Annotated[int, typer.Option(help="Timed passes over val/.")] = 5,
 ) -> None:
     """Train on the sample data, serve it on loopback, classify val/ over HTTP, report."""
-    from .demo import run_demo
+    from ._demo import run_demo
 
     try:
         run_demo(data, repo, budget, rounds, Console())
@@ -233,8 +233,8 @@ def optimize(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object.")] = False,
 ) -> None:
     """Measure graph passes, INT8 and engines; publish the fastest that keeps accuracy."""
-    from .optimize import optimize as run_optimize
-    from .optimize.report import print_report
+    from ._optimize import optimize as run_optimize
+    from ._optimize.report import print_report
 
     console = err_console if as_json else Console()
     try:
@@ -272,7 +272,7 @@ def web_app(
         help="Largest compression ratio of a zip or an entry (zip bomb guard).")] = 100.0,
 ) -> None:
     """The web app: projects, upload and label data, train, evaluate, deploy, try, SDK."""
-    from .app import AppSettings, run_app
+    from ._app import AppSettings, run_app
 
     settings = AppSettings(host=host, port=port, database=database, serve_url=serve_url,
                            upload_max_bytes=upload_max_bytes, zip_max_entries=zip_max_entries,
@@ -294,8 +294,8 @@ def profile_run(
     = False,
 ) -> None:
     """Analyse a training run's profile: where step time goes, the bottleneck, what to change."""
-    from .profile import analyze, write_report
-    from .profile.commands import print_analysis
+    from ._profile import analyze, write_report
+    from ._profile.commands import print_analysis
 
     try:
         analysis = analyze(run_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from modelmint.app import AppSettings, create_app
+from modelmint._app import AppSettings, create_app
 
 HERE = Path(__file__).resolve().parent
 UNUSED_SERVER = "http://127.0.0.1:9"  # tests that never deploy: no `mint serve` is started

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelmint.app import AppSettings
+from modelmint._app import AppSettings
 
 Build = Callable[[dict[str, bytes]], bytes]
 Start = Callable[[AppSettings], AbstractContextManager[str]]
@@ -221,7 +221,7 @@ def test_migrations_upgrade_an_older_database(tmp_path: Path, database: str | No
     from alembic.config import Config
     from sqlalchemy import inspect, text
 
-    from modelmint.app import db
+    from modelmint._app import db
 
     settings = AppSettings(data_dir=tmp_path / "mint", database=database)
     settings.make_dirs()

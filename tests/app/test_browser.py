@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelmint.app import AppSettings
+from modelmint._app import AppSettings
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,

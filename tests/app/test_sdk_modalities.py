@@ -19,10 +19,10 @@ import onnxruntime as ort
 import pytest
 
 from modality_server import train
-from modelmint.app.sdk import build_sdk, vendored_source
-from modelmint.data.audio import AudioSpec, preprocess_audio_batch
-from modelmint.data.text import TextEncoder, TextSpec
-from modelmint.repository import ONNX_FILE, ModelMetadata
+from modelmint._app.sdk import build_sdk, vendored_source
+from modelmint._data.audio import AudioSpec, preprocess_audio_batch
+from modelmint._data.text import TextEncoder, TextSpec
+from modelmint._repository import ONNX_FILE, ModelMetadata
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 # After the predictions: fail if the SDK pulled in modelmint or torch.
@@ -55,7 +55,7 @@ def _run_sdk(sdk_dir: Path, args: list[str]) -> tuple[list[dict[str, Any]], list
 
 
 def _served_top1(version_dir: Path, inputs: list[bytes] | list[str]) -> list[str]:
-    """The server's own preprocessing (modelmint.data) and the version's ONNX model."""
+    """The server's own preprocessing (modelmint._data) and the version's ONNX model."""
     meta = ModelMetadata.load(version_dir)
     spec = meta.preprocessing
     if isinstance(spec, AudioSpec):

@@ -19,15 +19,15 @@ from tritonclient.utils import InferenceServerException
 
 from live_server import full_server
 from modality_server import train
-from modelmint.data.audio import (
+from modelmint._data.audio import (
     AudioSpec,
     load_audio_data,
     log_mel,
     mel_filterbank,
     preprocess_audio,
 )
+from modelmint._repository import ModelMetadata
 from modelmint.errors import AudioDecodeError
-from modelmint.repository import ModelMetadata
 
 DIGITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "spoken_digits"
 SPEC = AudioSpec()
@@ -172,7 +172,7 @@ def test_wav_bytes_over_http_and_bad_bytes_are_a_400(digits_server: tuple[str, s
 
 
 def test_sdk_predicts_wav_files_over_http(digits_server: tuple[str, str], tmp_path: Path) -> None:
-    from modelmint.client import predict
+    from modelmint._client import predict
 
     (tmp_path / "broken.wav").write_bytes(b"RIFF nonsense")
     files = [DIGITS / "2" / "2_lucas_7.wav", DIGITS / "8" / "8_lucas_7.wav", tmp_path]
@@ -195,7 +195,7 @@ def test_cnn_candidate_trains_within_its_deadline_and_exports(three_digits: Any,
                                                               tmp_path: Path) -> None:
     import time
 
-    from modelmint.search.candidates_audio import SpectrogramCNNCandidate, one_cycle
+    from modelmint._tasks.audio.candidates import SpectrogramCNNCandidate, one_cycle
 
     started = time.monotonic()
     fitted = SpectrogramCNNCandidate().fit(three_digits, None, started + 4.0, tmp_path / "t")
@@ -213,7 +213,7 @@ def test_segment_features_ignore_leading_silence_and_the_mlp_exports(
     import torch
     from scipy.fft import dct
 
-    from modelmint.search.candidates_audio_segments import (
+    from modelmint._tasks.audio.segments import (
         SegmentFeatures,
         SegmentMLPCandidate,
         dct_matrix,

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as v1
 
-from modelmint.data.batch_colour import BatchColour, CropFlipJitter, pil_reference
-from modelmint.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from modelmint._data.batch_colour import BatchColour, CropFlipJitter, pil_reference
+from modelmint._data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 STD_LEVELS = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255  # normalised units → grey levels
 

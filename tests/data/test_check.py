@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modelmint.data import check_dataset, discover
+from modelmint._data import check_dataset, discover
 from modelmint.errors import DataError
 
 

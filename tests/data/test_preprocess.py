@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from modelmint.data.preprocess import ImageSpec, open_image, preprocess
+from modelmint._data.preprocess import ImageSpec, open_image, preprocess
 from modelmint.errors import ImageDecodeError
 
 

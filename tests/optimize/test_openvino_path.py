@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from modelmint.optimize.measure import ort_runner, ort_session
-from modelmint.optimize.openvino_path import openvino_candidates
-from modelmint.train.export import export_onnx
+from modelmint._optimize.measure import ort_runner, ort_session
+from modelmint._optimize.openvino_path import openvino_candidates
+from modelmint._train.export import export_onnx
 
 pytest.importorskip("openvino")
 

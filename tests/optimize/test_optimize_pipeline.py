@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from modelmint.data.preprocess import ImageSpec
+from modelmint._data.preprocess import ImageSpec
+from modelmint._optimize import REPORT_FILE, optimize
+from modelmint._repository import METADATA_FILE, ONNX_FILE, ModelMetadata, ModelRepository
+from modelmint._train.package import publish_model
 from modelmint.errors import InvalidInput
-from modelmint.optimize import REPORT_FILE, optimize
-from modelmint.repository import METADATA_FILE, ONNX_FILE, ModelMetadata, ModelRepository
-from modelmint.train.package import publish_model
 
 SPEC = ImageSpec(resize=40, crop=32)
 

@@ -12,13 +12,13 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
+from modelmint._data.preprocess import preprocess
+from modelmint._optimize.select import MIN_AGREEMENT
+from modelmint._repository import ONNX_FILE, ModelRepository
+from modelmint._serve.dataplane import DataPlane
+from modelmint._serve.types import InferInput, InferRequest, RequestedOutput
+from modelmint._train import TrainResult
 from modelmint.cli import app
-from modelmint.data.preprocess import preprocess
-from modelmint.optimize.select import MIN_AGREEMENT
-from modelmint.repository import ONNX_FILE, ModelRepository
-from modelmint.serve.dataplane import DataPlane
-from modelmint.serve.types import InferInput, InferRequest, RequestedOutput
-from modelmint.train import TrainResult
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import torch
 from test_partition_ops import soft_clip
 from torch import nn
 
-from modelmint.optimize import partition_op
-from modelmint.optimize.partition import partition
-from modelmint.optimize.partition_compile import (
+from modelmint._optimize import partition_op
+from modelmint._optimize.partition import partition
+from modelmint._optimize.partition_compile import (
     PartitionedProgram,
     export_program,
     load_program,
@@ -96,7 +96,7 @@ def test_saved_program_reloads_in_a_process_without_the_model_class(
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import test_partition_ops
-        from modelmint.optimize.partition_compile import load_program
+        from modelmint._optimize.partition_compile import load_program
         module = load_program(__import__("pathlib").Path({str(tmp_path / "model.pt2")!r}))
         x = torch.load({str(tmp_path / "x.pt")!r})
         expected = torch.load({str(tmp_path / "expected.pt")!r})

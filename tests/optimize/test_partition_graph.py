@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelmint._optimize.partition import Partition, partition
 from modelmint.errors import RepositoryError
-from modelmint.optimize.partition import Partition, partition
 
 Graph = tuple[list[int], dict[int, list[int]], set[int]]
 

@@ -20,15 +20,15 @@ import tritonclient.http as httpclient
 from torch import nn
 
 from live_server import full_server
-from modelmint.data.preprocess import ImageSpec, preprocess
-from modelmint.optimize.partition_compile import (
+from modelmint._data.preprocess import ImageSpec, preprocess
+from modelmint._optimize.partition_compile import (
     onnx_exportable,
     partition_model,
     publish_partitioned,
 )
-from modelmint.repository import METADATA_FILE, ModelMetadata, ModelRepository
-from modelmint.serve.torch_runner import TORCH_PARTITIONED
-from modelmint.train.package import publish_model
+from modelmint._repository import METADATA_FILE, ModelMetadata, ModelRepository
+from modelmint._serve.torch_runner import TORCH_PARTITIONED
+from modelmint._train.package import publish_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera"
 LABELS = ["ants", "bees"]
@@ -117,7 +117,7 @@ def test_without_torch_the_version_fails_clearly_and_the_old_one_keeps_serving(
     script = textwrap.dedent(f"""
         import shutil, sys
         sys.modules["torch"] = None  # import torch now raises ImportError
-        from modelmint.serve import DataPlane
+        from modelmint._serve import DataPlane
         dp = DataPlane({str(root)!r})
         dp.load()
         assert dp.model_ready("tiny", 1)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelmint.optimize import passes_fx
-from modelmint.train.backbone import MOBILENET_V2, build
+from modelmint._optimize import passes_fx
+from modelmint._train.backbone import MOBILENET_V2, build
 
 ATOL = 1e-4
 

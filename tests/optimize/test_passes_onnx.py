@@ -11,9 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from modelmint.optimize import passes_onnx
-from modelmint.train.backbone import MOBILENET_V2, build
-from modelmint.train.export import export_onnx
+from modelmint._optimize import passes_onnx
+from modelmint._train.backbone import MOBILENET_V2, build
+from modelmint._train.export import export_onnx
 
 ATOL = 1e-4
 

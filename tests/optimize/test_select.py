@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime.quantization import QuantType
 
-from modelmint.optimize.measure import Candidate, Timing, measure
-from modelmint.optimize.quantize import ArrayReader, choose_quant_config, cpu_features
-from modelmint.optimize.select import LabelledImages, assess, choose
+from modelmint._optimize.measure import Candidate, Timing, measure
+from modelmint._optimize.quantize import ArrayReader, choose_quant_config, cpu_features
+from modelmint._optimize.select import LabelledImages, assess, choose
 
 LABELS = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
 VAL = np.array([False] * 5 + [True] * 5)

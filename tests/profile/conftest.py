@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelmint.profile import StepTracer
-from modelmint.profile.workload import Workload, WorkloadConfig
+from modelmint._profile import StepTracer
+from modelmint._profile.workload import Workload, WorkloadConfig
 
 SMALL = WorkloadConfig(batch_size=8, image_limit=32)
 STEPS = 3

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from modelmint.profile import StepTracer, analyze, write_report
-from modelmint.profile.advisor import analyze_summary, load_summary
-from modelmint.profile.autotune import decide
-from modelmint.profile.workload import Workload, WorkloadConfig
+from modelmint._profile import StepTracer, analyze, write_report
+from modelmint._profile.advisor import analyze_summary, load_summary
+from modelmint._profile.autotune import decide
+from modelmint._profile.workload import Workload, WorkloadConfig
 
 
 def test_bottlenecked_config_is_input_bound_with_the_transform_stage_named(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from modelmint._profile.trace import PARTS
+from modelmint._train import TrainResult
 from modelmint.cli import app
-from modelmint.profile.trace import PARTS
-from modelmint.train import TrainResult
 
 
 def test_mint_profile_prints_the_analysis_and_writes_the_report(

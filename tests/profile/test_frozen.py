@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelmint.profile import StepTracer, analyze
-from modelmint.profile.frozen import OnnxFrozenPrefix
-from modelmint.profile.workload import Workload, WorkloadConfig
+from modelmint._profile import StepTracer, analyze
+from modelmint._profile.frozen import OnnxFrozenPrefix
+from modelmint._profile.workload import Workload, WorkloadConfig
 
 SMALL = WorkloadConfig(batch_size=8, image_limit=32)  # as tests/profile/conftest.py
 
@@ -66,10 +66,10 @@ def test_activation_cache_from_onnxruntime_equals_eager_pytorch(hymenoptera: Pat
     """Both trainers fill their caches with the prefix in ONNX Runtime (the default engine)."""
     from PIL import Image
 
-    from modelmint.data.preprocess import resize_and_crop
-    from modelmint.search.backbones import IMAGE_BACKBONES
-    from modelmint.search.image import spec_for
-    from modelmint.train.cache import build_cache
+    from modelmint._data.preprocess import resize_and_crop
+    from modelmint._tasks.image.backbones import IMAGE_BACKBONES
+    from modelmint._tasks.image.candidates import spec_for
+    from modelmint._train.cache import build_cache
 
     files = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:3]
     items = [(f.name, 0) for f in files]
@@ -85,7 +85,7 @@ def test_activation_cache_from_onnxruntime_equals_eager_pytorch(hymenoptera: Pat
 def test_autotune_tries_nothing_past_its_deadline(hymenoptera: Path) -> None:
     import time
 
-    from modelmint.profile.autotune import TuneSettings, autotune
+    from modelmint._profile.autotune import TuneSettings, autotune
 
     lines: list[str] = []
     result = autotune(hymenoptera, SMALL, TuneSettings(rounds=1, steps=1), log=lines.append,

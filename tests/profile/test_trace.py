@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modelmint.profile import DeepCaptureConfig, StepTracer, instrument_loader, stage
-from modelmint.profile.trace import PARTS
+from modelmint._profile import DeepCaptureConfig, StepTracer, instrument_loader, stage
+from modelmint._profile.trace import PARTS
 
 
 class SlowDataset(Dataset[tuple[torch.Tensor, int]]):

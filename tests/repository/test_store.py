@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from modelmint._repository import METADATA_FILE, ModelRepository
 from modelmint.errors import InvalidInput, NotFound
-from modelmint.repository import METADATA_FILE, ModelRepository
 
 
 def fake_version(directory: Path, version: int) -> None:
@@ -48,7 +48,7 @@ def test_killed_writer_leaves_no_visible_version(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from modelmint.repository import ModelRepository
+        from modelmint._repository import ModelRepository
         def write(d, v):
             (d / "model.onnx").write_bytes(b"half")
             os._exit(9)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modelmint.search.contract import TaskData
-from modelmint.search.report import build_report, pr_curve, reject_effect, render_html
+from modelmint._data.dataset import TaskData
+from modelmint._search.report import build_report, pr_curve, reject_effect, render_html
 
 
 def test_pr_curve_perfect_and_random() -> None:

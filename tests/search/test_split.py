@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelmint.data.layout import add_reject_class, split_items
+from modelmint._data.dataset import TaskData
+from modelmint._data.layout import add_reject_class, split_items
+from modelmint._tasks.registry import detect_task, load_task_data
 from modelmint.errors import DataError
-from modelmint.search.contract import TaskData
-from modelmint.search.registry import detect_task, load_task_data
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 DIGITS = SHARED / "spoken_digits"

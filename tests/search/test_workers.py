@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from modelmint.search.study_storage import storage_url
+from modelmint._search.study_storage import storage_url
 
 BUDGET = 120  # an upper bound: --max-trials 3 ends each process well before it
 

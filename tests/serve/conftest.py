@@ -22,11 +22,11 @@ from starlette.applications import Starlette
 from torch import nn
 
 from live_server import full_server
-from modelmint.data.preprocess import ImageSpec, preprocess
-from modelmint.repository import ONNX_FILE, ModelMetadata, ModelRepository
-from modelmint.serve import DataPlane, create_app
-from modelmint.serve.server import ModelServer, bind_socket
-from modelmint.train.package import publish_model
+from modelmint._data.preprocess import ImageSpec, preprocess
+from modelmint._repository import ONNX_FILE, ModelMetadata, ModelRepository
+from modelmint._serve import DataPlane, create_app
+from modelmint._serve.server import ModelServer, bind_socket
+from modelmint._train.package import publish_model
 
 # Same location rule as tests/conftest.py: shared/ sits beside the repository checkout.
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera"

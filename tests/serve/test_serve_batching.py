@@ -30,10 +30,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelmint import errors
-from modelmint.repository.config import BatchingConfig
-from modelmint.serve import create_app
-from modelmint.serve.batching import DynamicBatcher, request_timeout_s
-from modelmint.serve.http import _guard
+from modelmint._repository.config import BatchingConfig
+from modelmint._serve import create_app
+from modelmint._serve.batching import DynamicBatcher, request_timeout_s
+from modelmint._serve.http import _guard
 
 pytestmark = pytest.mark.anyio  # async tests run on asyncio (anyio's default backend)
 
@@ -394,9 +394,9 @@ def test_full_queue_answers_503_with_retry_after_through_the_real_server(
     # 503 + Retry-After, never a 500 and never a hang.
     from torch import nn
 
-    from modelmint.data.preprocess import ImageSpec
-    from modelmint.repository import ModelMetadata, ModelRepository
-    from modelmint.train.package import publish_model
+    from modelmint._data.preprocess import ImageSpec
+    from modelmint._repository import ModelMetadata, ModelRepository
+    from modelmint._train.package import publish_model
 
     slow = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(128, 2))

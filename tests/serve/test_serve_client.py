@@ -1,4 +1,4 @@
-"""``modelmint.client.predict`` over a server and in-process give the same answers, and one bad
+"""``modelmint._client.predict`` over a server and in-process give the same answers, and one bad
 file never fails the others."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from modelmint.client import Prediction, find_images, predict, print_predictions
+from modelmint._client import Prediction, find_images, predict, print_predictions
 from modelmint.errors import InvalidInput, NotFound
 
 LABELS = ["ants", "bees"]

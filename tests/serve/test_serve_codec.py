@@ -16,15 +16,15 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelmint.errors import InvalidInput
-from modelmint.serve import (
+from modelmint._serve import (
     DataPlane,
     InferOutput,
     InferRequest,
     InferResponse,
     RequestedOutput,
 )
-from modelmint.serve.codec import decode_request, encode_response, serialize_bytes
+from modelmint._serve.codec import decode_request, encode_response, serialize_bytes
+from modelmint.errors import InvalidInput
 
 
 def decode(doc: dict[str, object], tail: bytes | None = None) -> InferRequest:

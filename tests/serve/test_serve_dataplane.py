@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
+from modelmint._serve import DataPlane, InferInput, InferRequest, RequestedOutput, create_app
 from modelmint.errors import InvalidInput, ModelNotReady, NotFound
-from modelmint.serve import DataPlane, InferInput, InferRequest, RequestedOutput, create_app
 
 
 def image_request(images: list[bytes], k: int | None = None) -> InferRequest:
@@ -49,7 +49,7 @@ def broken_repo(tmp_path_factory: pytest.TempPathFactory,
 
 def test_broken_models_are_skipped(broken_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
     plane = DataPlane(broken_repo)
-    with caplog.at_level(logging.ERROR, logger="modelmint.serve"):
+    with caplog.at_level(logging.ERROR, logger="modelmint._serve"):
         plane.load()
     assert plane.ready()
     assert sorted(plane.models) == ["good"]

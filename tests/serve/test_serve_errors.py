@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
-from modelmint.serve import DataPlane, InferRequest, InferResponse, create_app
+from modelmint._serve import DataPlane, InferRequest, InferResponse, create_app
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_unexpected_exception_is_a_bare_500_and_logged(
         repo_root: Path, good: str, caplog: pytest.LogCaptureFixture,
         serve_app: Callable[[Starlette], AbstractContextManager[str]]) -> None:
     app = create_app(_FaultyDataPlane(repo_root, models=["tiny"]))
-    with caplog.at_level(logging.ERROR, logger="modelmint.serve"), serve_app(app) as url:
+    with caplog.at_level(logging.ERROR, logger="modelmint._serve"), serve_app(app) as url:
         response = httpx.post(f"http://{url}/v2/models/tiny/infer", json=image_request(good))
     message = assert_error(response, 500)
     assert message == "internal server error"

@@ -17,11 +17,11 @@ from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import service_pb2 as triton_pb
 from tritonclient.utils import InferenceServerException
 
-from modelmint.data.preprocess import preprocess
-from modelmint.serve import DataPlane
-from modelmint.serve.proto import grpc_predict_v2_pb2 as pb
-from modelmint.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from modelmint.serve.server import ModelServer
+from modelmint._data.preprocess import preprocess
+from modelmint._serve import DataPlane
+from modelmint._serve.proto import grpc_predict_v2_pb2 as pb
+from modelmint._serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelmint._serve.server import ModelServer
 
 
 class Servers:

@@ -18,9 +18,9 @@ import tritonclient.http as httpclient
 from starlette.applications import Starlette
 from tritonclient.utils import InferenceServerException
 
-from modelmint.repository import CONFIG_FILE
-from modelmint.serve import DataPlane, create_app
-from modelmint.serve.lifecycle import DRAINING, FAILED, READY, UNLOADED
+from modelmint._repository import CONFIG_FILE
+from modelmint._serve import DataPlane, create_app
+from modelmint._serve.lifecycle import DRAINING, FAILED, READY, UNLOADED
 
 Serve = Callable[[Starlette], AbstractContextManager[str]]
 BATCH = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -214,7 +214,7 @@ def test_draining_waits_for_in_flight_requests(two_versions: Path,
 def test_dynamic_batching_and_timings(two_versions: Path) -> None:
     import asyncio
 
-    from modelmint.serve import InferInput, InferRequest
+    from modelmint._serve import InferInput, InferRequest
 
     (two_versions / "tiny" / CONFIG_FILE).write_text(json.dumps(
         {"dynamic_batching": {"max_batch_size": 4}}))
@@ -239,8 +239,8 @@ def test_dynamic_batching_and_timings(two_versions: Path) -> None:
 def test_request_timeout_without_batching(two_versions: Path) -> None:
     import asyncio
 
+    from modelmint._serve import InferInput, InferRequest
     from modelmint.errors import DeadlineExceeded
-    from modelmint.serve import InferInput, InferRequest
 
     plane = DataPlane(two_versions, isolation="thread")
     try:

@@ -20,8 +20,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmint.serve.metrics import LATENCY_BUCKETS, Metrics, percentiles
-from modelmint.serve.server import ModelServer
+from modelmint._serve.metrics import LATENCY_BUCKETS, Metrics, percentiles
+from modelmint._serve.server import ModelServer
 
 OK_HTTP, OK_GRPC = 6, 2
 

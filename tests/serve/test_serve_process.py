@@ -14,7 +14,7 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-SERVE = ("import sys; from modelmint.serve import run_server; "
+SERVE = ("import sys; from modelmint._serve import run_server; "
          "run_server(sys.argv[1], http_port=0, grpc_port=0, metrics_port=0)")
 
 
@@ -45,9 +45,9 @@ def test_run_server_ready_line_and_clean_shutdown(repo_root: Path, sig: signal.S
 
 
 def test_run_server_refuses_a_busy_port(repo_root: Path) -> None:
+    from modelmint._serve import run_server
+    from modelmint._serve.server import bind_socket
     from modelmint.errors import MintError
-    from modelmint.serve import run_server
-    from modelmint.serve.server import bind_socket
 
     taken = bind_socket("127.0.0.1", 0)
     try:
@@ -58,9 +58,9 @@ def test_run_server_refuses_a_busy_port(repo_root: Path) -> None:
 
 
 def test_run_server_refuses_a_busy_grpc_port(repo_root: Path) -> None:
+    from modelmint._serve import run_server
+    from modelmint._serve.server import bind_socket
     from modelmint.errors import MintError
-    from modelmint.serve import run_server
-    from modelmint.serve.server import bind_socket
 
     taken = bind_socket("127.0.0.1", 0)
     try:
@@ -71,7 +71,7 @@ def test_run_server_refuses_a_busy_grpc_port(repo_root: Path) -> None:
 
 
 def test_run_server_without_grpc(repo_root: Path) -> None:
-    code = ("import sys; from modelmint.serve import run_server; "
+    code = ("import sys; from modelmint._serve import run_server; "
             "run_server(sys.argv[1], http_port=0, grpc_port=None, metrics_port=None)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo_root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -88,8 +88,8 @@ def test_run_server_without_grpc(repo_root: Path) -> None:
 
 
 def test_serving_never_imports_torch() -> None:
-    code = ("import sys, modelmint.serve, modelmint.client; "
+    code = ("import sys, modelmint._serve, modelmint._client; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 0, "importing modelmint.serve/client pulled in torch"
+    assert result.returncode == 0, "importing modelmint._serve/client pulled in torch"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelmint.data.preprocess import preprocess
+from modelmint._data.preprocess import preprocess
 
 PREDICT = "/v1/models/tiny:predict"
 

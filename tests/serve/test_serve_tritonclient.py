@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from modelmint.data.preprocess import preprocess
+from modelmint._data.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")

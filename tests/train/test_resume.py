@@ -97,7 +97,7 @@ def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Pat
 
 
 def test_stratified_subset_keeps_proportions() -> None:
-    from modelmint.train.cache import stratified_subset
+    from modelmint._train.cache import stratified_subset
 
     items = [(f"a{i}", 0) for i in range(30)] + [(f"b{i}", 1) for i in range(10)]
     subset = stratified_subset(items, 8)

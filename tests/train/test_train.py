@@ -10,10 +10,10 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import load_file
 
-from modelmint.data.preprocess import preprocess
-from modelmint.repository import ModelMetadata, ModelRepository
-from modelmint.train import TrainResult
-from modelmint.train.backbone import MOBILENET_V2, build
+from modelmint._data.preprocess import preprocess
+from modelmint._repository import ModelMetadata, ModelRepository
+from modelmint._train import TrainResult
+from modelmint._train.backbone import MOBILENET_V2, build
 
 
 def test_trained_model_is_accurate_and_reports_the_placeholder(trained: TrainResult) -> None:

@@ -1,0 +1,144 @@
+"""REST: deploy / undeploy a version, its serving state, "try it", snippets, the offline SDK."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from .._repository import ModelRepository
+from ..errors import Conflict, InvalidInput, MintError, PayloadTooLarge
+from .context import AppContext, Ctx, get_project
+from .sdk import build_sdk
+
+router = APIRouter(prefix="/api", tags=["deployment"])
+TRY_MAX_BYTES = 16 * 1024 * 1024  # the server's default request limit
+
+
+class DeployRequest(BaseModel):
+    version: int
+
+
+# Per task: the model's encoded input, an example file, and whether JSON carries it base64.
+_INPUTS = {"image": ("image", "my.jpg", True), "sound": ("audio", "my.wav", True),
+           "text": ("text", "", False)}
+
+
+def _snippets(c: AppContext, slug: str, task: str) -> dict[str, str]:
+    url = c.serving.url
+    name, example, encoded = _INPUTS[task]
+    host = url.split("://", 1)[-1]
+    outputs = ('"outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]')
+    infer = f"curl -s {url}/v2/models/{slug}/infer -H 'Content-Type: application/json'"
+    if encoded:
+        curl = (f"(printf '{{\"inputs\": [{{\"name\": \"{name}\", \"datatype\": \"BYTES\", "
+                f"\"shape\": [1], \"data\": [\"'; base64 -w0 {example}; printf '\"]}}], "
+                f"{outputs}}}') > request.json\n{infer} -d @request.json")
+        value = f'open("{example}", "rb").read()'
+    else:
+        curl = (f"{infer} -d '{{\"inputs\": [{{\"name\": \"{name}\", \"datatype\": "
+                f"\"BYTES\", \"shape\": [1], \"data\": [\"some text\"]}}], {outputs}}}'")
+        value = '"some text".encode()'
+    python = f"""import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient("{host}")
+data = httpclient.InferInput("{name}", [1], "BYTES")
+data.set_data_from_numpy(np.array([{value}], dtype=object))
+top = httpclient.InferRequestedOutput("probabilities", class_count=3)
+result = client.infer("{slug}", [data], outputs=[top])
+print(result.as_numpy("probabilities"))  # b"score:index:label" strings"""
+    return {"curl": curl, "python": python}
+
+
+@router.post("/projects/{project_id}/deploy", status_code=202)
+def deploy(project_id: int, body: DeployRequest, c: Ctx) -> dict[str, Any]:
+    """Publish the version to the model server and load it; poll ``deployment`` for progress."""
+    with c.session() as session:
+        project = get_project(session, project_id)
+    ModelRepository(c.settings.models_dir).version(project.slug, body.version)  # 404 early
+    with c.lock:
+        if c.deployments.get(project_id, {}).get("state") == "deploying":
+            raise Conflict("a deployment of this project is already in progress")
+        c.deployments[project_id] = {"state": "deploying", "version": body.version,
+                                     "error": None}
+
+    previous = project.deployed_version
+
+    def work() -> None:
+        try:
+            c.serving.deploy(project.slug, body.version, previous)
+            with c.session() as session:
+                get_project(session, project_id).deployed_version = body.version
+            state: dict[str, Any] = {"state": "deployed", "version": body.version, "error": None}
+        except MintError as exc:
+            state = {"state": "failed", "version": body.version, "error": exc.message}
+        except Exception as exc:  # shown to the user, not lost in a thread
+            state = {"state": "failed", "version": body.version, "error": repr(exc)}
+        with c.lock:
+            c.deployments[project_id] = state
+
+    threading.Thread(target=work, name=f"deploy-{project_id}", daemon=True).start()
+    return deployment(project_id, c)
+
+
+@router.delete("/projects/{project_id}/deploy")
+def undeploy(project_id: int, c: Ctx) -> dict[str, Any]:
+    with c.session() as session:
+        project = get_project(session, project_id)
+        if c.deployments.get(project_id, {}).get("state") == "deploying":
+            raise Conflict("a deployment of this project is in progress; wait for it")
+        c.serving.undeploy(project.slug)
+        project.deployed_version = None
+    with c.lock:
+        c.deployments.pop(project_id, None)
+    return deployment(project_id, c)
+
+
+@router.get("/projects/{project_id}/deployment")
+def deployment(project_id: int, c: Ctx) -> dict[str, Any]:
+    """The deployed version, the deployment in progress (if any) and the server's per-version
+    states (LOADING / WARMING / READY / UNAVAILABLE), plus ready-to-paste client snippets."""
+    with c.session() as session:
+        project = get_project(session, project_id)
+    with c.lock:
+        current = dict(c.deployments.get(project_id, {}))
+    server = c.serving.status(project.slug) if project.deployed_version or current else None
+    return {"deployed_version": project.deployed_version, "model": project.slug,
+            "server_url": c.serving.url, "task": project.task, "progress": current or None,
+            "server": server, "snippets": _snippets(c, project.slug, project.task)}
+
+
+@router.post("/projects/{project_id}/predict")
+async def try_it(request: Request, project_id: int, c: Ctx,
+                 top_k: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
+    """Body: an image or wav file, or UTF-8 text. Answers the deployed model's top-k."""
+    with c.session() as session:
+        project = get_project(session, project_id)
+    if project.deployed_version is None:
+        raise InvalidInput(f"project {project.name!r} has no deployed version; deploy one first")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > TRY_MAX_BYTES:
+            raise PayloadTooLarge(f"try it: more than {TRY_MAX_BYTES} bytes")
+    if not body:
+        raise InvalidInput("try it: the request body is empty; send an image, a wav or text")
+    top = await run_in_threadpool(c.serving.predict, project.slug, body, top_k)
+    return {"version": project.deployed_version, "top": top}
+
+
+@router.get("/projects/{project_id}/sdk")
+def download_sdk(project_id: int, c: Ctx) -> Response:
+    with c.session() as session:
+        project = get_project(session, project_id)
+    if project.deployed_version is None:
+        raise InvalidInput(f"project {project.name!r} has no deployed version; deploy one first")
+    ref = ModelRepository(c.settings.models_dir).version(project.slug, project.deployed_version)
+    name, blob = build_sdk(ref.path)
+    return Response(blob, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

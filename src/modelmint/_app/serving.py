@@ -1,0 +1,166 @@
+"""Deployment: the app's own `mint serve` (or one at ``--serve-url``) over ``DATA_DIR/serving``.
+
+Deploying version V of a project copies ``models/<slug>/V`` to ``serving/<slug>/V`` (temp dir +
+rename, like every publish), pins ``config.json`` to ``{"specific": [V]}`` and asks the server to
+load it (KServe V2 repository API): the server loads and warms V in a new worker at idle
+priority and switches over atomically, so a redeploy is a hot update without failed requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .._repository import CONFIG_FILE, ModelRepository
+from .._serve.codec import BASE64_INPUTS
+from ..errors import InvalidInput, MintError, ModelNotReady, NotFound
+from .settings import AppSettings
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    """As ``modelmint._demo.free_port``, which cannot be imported here: it imports torch."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serving:
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = (settings.serve_url or "").rstrip("/")
+        self.grpc_url = ""
+        self.client = httpx.Client(timeout=120.0)
+
+    def start(self) -> None:
+        if self.url:
+            return  # someone else owns the server
+        http_port, grpc_port = free_port(), free_port()
+        log = (self.settings.data_dir / "serve.log").open("ab")
+        self.proc = subprocess.Popen(
+            [self.settings.python, "-m", "modelmint.cli", "serve", str(self.settings.serving_dir),
+             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.url, self.grpc_url = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise MintError(f"mint serve exited with code {self.proc.returncode}; see "
+                                f"{self.settings.data_dir / 'serve.log'}")
+            with contextlib.suppress(httpx.TransportError):
+                if self.client.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise MintError(f"mint serve not live after {READY_TIMEOUT_S:.0f}s")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
+
+    # --- deploy ----------------------------------------------------------------------------
+
+    def deploy(self, slug: str, version: int, previous: int | None = None) -> None:
+        """Publish ``slug`` version ``version`` to the served repository and load it (blocks
+        until loaded and warmed, or raises with the server's reason). On failure the pin goes
+        back to ``previous`` (which kept serving meanwhile), so a restart serves it again."""
+        source = ModelRepository(self.settings.models_dir).version(slug, version).path
+        model_dir = self.settings.serving_dir / slug
+        model_dir.mkdir(parents=True, exist_ok=True)
+        target = model_dir / str(version)
+        if not target.exists():
+            tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+            shutil.copytree(source, tmp)
+            os.rename(tmp, target)
+        _write_atomic(model_dir / CONFIG_FILE, {"version_policy": {"specific": [version]}})
+        try:
+            self._post(f"/v2/repository/models/{slug}/load")
+        except (MintError, httpx.TransportError):
+            if previous is None:
+                self.undeploy(slug)
+            else:
+                _write_atomic(model_dir / CONFIG_FILE,
+                              {"version_policy": {"specific": [previous]}})
+            raise
+
+    def undeploy(self, slug: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._post(f"/v2/repository/models/{slug}/unload")
+        shutil.rmtree(self.settings.serving_dir / slug, ignore_errors=True)
+
+    def status(self, slug: str) -> dict[str, Any]:
+        """The server's view: per-version state (LOADING / WARMING / READY / ...) and ready."""
+        try:
+            index = self._post("/v2/repository/index", {})
+            ready = self.client.get(f"{self.url}/v2/models/{slug}/ready").status_code == 200
+        except (httpx.TransportError, MintError) as exc:
+            return {"ready": False, "versions": [], "error": str(exc)}
+        versions = [e for e in index if isinstance(e, dict) and e.get("name") == slug]
+        return {"ready": ready, "versions": versions}
+
+    # --- inference -------------------------------------------------------------------------
+
+    def predict(self, slug: str, payload: bytes, top_k: int = 5) -> list[dict[str, Any]]:
+        meta = self._get(f"/v2/models/{slug}")
+        inputs = [i["name"] for i in meta.get("inputs", []) if i.get("datatype") == "BYTES"]
+        if not inputs:
+            raise InvalidInput(f"model {slug!r} takes no encoded input (BYTES) to try")
+        if inputs[0] in BASE64_INPUTS:  # images and sounds travel base64 in JSON
+            value = base64.b64encode(payload).decode()
+        else:  # text is a plain UTF-8 string
+            try:
+                value = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"try it: the text is not UTF-8 ({exc})") from None
+        body = {"inputs": [{"name": inputs[0], "datatype": "BYTES", "shape": [1],
+                            "data": [value]}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": top_k}}]}
+        reply = self._post(f"/v2/models/{slug}/infer", body)
+        out = []
+        for entry in reply["outputs"][0]["data"]:
+            score, index, label = str(entry).split(":", 2)
+            out.append({"label": label, "index": int(index), "probability": float(score)})
+        return out
+
+    def _get(self, path: str) -> Any:
+        return self._check(self.client.get(self.url + path))
+
+    def _post(self, path: str, body: Any = None) -> Any:
+        return self._check(self.client.post(self.url + path,
+                                            json={} if body is None else body))
+
+    @staticmethod
+    def _check(reply: httpx.Response) -> Any:
+        if reply.status_code == 200:
+            return reply.json() if reply.content else {}
+        try:
+            message = reply.json().get("error", reply.text)
+        except ValueError:
+            message = reply.text
+        error = {404: NotFound, 503: ModelNotReady}.get(reply.status_code, InvalidInput)
+        raise error(f"model server: {message}")
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

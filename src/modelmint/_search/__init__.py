@@ -1,0 +1,1 @@
+"""Budgeted model search: an Optuna study over a task's candidates, a leaderboard, publishing."""

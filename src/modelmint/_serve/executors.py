@@ -1,0 +1,268 @@
+"""Where a model version's ONNX session runs: a thread of this process (the in-process SDK
+path, and tests), or a worker process of its own (the server; see :mod:`.worker` for why).
+
+Both take an FP32 batch and return a :class:`concurrent.futures.Future` of the probabilities,
+so the sync SDK path (``.result()``) and the asyncio front end (``asyncio.wrap_future``) share
+one interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ModelNotReady, RepositoryError
+from .worker import BOOTSTRAP, INPUT, OUTPUT, can_raise_priority
+
+log = logging.getLogger("modelmint._serve")
+
+Shapes = dict[str, list[Any]]
+# Shared-memory slots per worker: requests in flight at once without copying through the pipe.
+# Bigger batches (or a burst beyond SLOTS) still work, through the pipe.
+SLOTS = 4
+SLOT_IMAGES = 8
+START_TIMEOUT_S = 120.0
+# SCHED_IDLE gets ~0.3% of a core while the others are saturated: a loader that has not
+# finished by then is raised to normal priority, so an update still completes under overload.
+IDLE_GRACE_S = 10.0
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+def raise_priority(pid: int, policy: int = os.SCHED_OTHER) -> None:
+    """Set ``policy`` on every thread of ``pid`` (from outside: it is busy)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(int(task.name), policy, os.sched_param(0))
+
+
+class Executor(Protocol):
+    def run(self, batch: np.ndarray) -> Future[np.ndarray]: ...
+    def io(self) -> tuple[Shapes, Shapes]: ...
+    def promote(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ThreadExecutor:
+    """The session in this process, run on a shared bounded thread pool."""
+
+    def __init__(self, onnx: Path, pool: ThreadPoolExecutor) -> None:
+        from .worker import _session  # same options as the worker's
+
+        self.pool = pool
+        try:
+            self.session = _session(str(onnx), os.cpu_count() or 1, True)
+        except RepositoryError:
+            raise  # already names the file and the problem
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise RepositoryError(f"{onnx}: onnxruntime cannot load it ({exc})") from exc
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run([OUTPUT], {INPUT: batch})[0])
+
+    def run(self, batch: np.ndarray) -> Future[np.ndarray]:
+        return self.pool.submit(self._run, batch)
+
+    def io(self) -> tuple[Shapes, Shapes]:
+        return ({i.name: list(i.shape) for i in self.session.get_inputs()},
+                {o.name: list(o.shape) for o in self.session.get_outputs()})
+
+    def promote(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.session = None
+
+
+class ProcessExecutor:
+    """A worker process owning the session; batches travel through a shared-memory slot ring.
+
+    ``on_exit(reason)`` is called (from the reader thread) if the worker dies on its own;
+    its in-flight requests then fail with :class:`ModelNotReady` (503/UNAVAILABLE).
+    """
+
+    def __init__(self, onnx: Path, crop: int, what: str, *, arena: bool = True,
+                 jemalloc: bool = False, on_exit: Callable[[str], None] | None = None) -> None:
+        self.what = what
+        self.on_exit = on_exit
+        self.slot_bytes = SLOT_IMAGES * 3 * crop * crop * 4
+        self._lock = threading.Lock()
+        # Separate from _lock: a big payload being sent must not stop the reader answering.
+        self._send_lock = threading.Lock()
+        self._free = list(range(SLOTS))
+        self._pending: dict[int, tuple[Future[np.ndarray], int | None]] = {}
+        self._next_id = 0
+        self._closing = False
+        self.dead: str | None = None
+        shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self._shm_path = tempfile.mkstemp(prefix="modelmint-", dir=shm_dir)
+        ours, theirs = socket.socketpair()
+        try:
+            os.ftruncate(fd, SLOTS * self.slot_bytes)
+            self._shared = mmap.mmap(fd, SLOTS * self.slot_bytes)
+            env = dict(os.environ)
+            if jemalloc and JEMALLOC.is_file():
+                env["LD_PRELOAD"] = str(JEMALLOC)
+            idle = "1" if can_raise_priority() else "0"
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(onnx),
+                 self._shm_path, str(SLOTS), str(self.slot_bytes), str(os.cpu_count() or 1),
+                 "1" if arena else "0", idle],
+                # Its own session: a Ctrl-C or a signal to the server's process group is the
+                # server's to handle (it stops its workers); a worker whose server died exits
+                # on the socket's EOF.
+                pass_fds=(theirs.fileno(),), env=env, start_new_session=True)
+        except BaseException:
+            self._unlink()
+            ours.close()
+            raise
+        finally:
+            os.close(fd)
+            theirs.close()
+        self.conn = Connection(ours.detach())
+        self._promoted: Future[bool] = Future()
+        self._started: Future[tuple[Shapes, Shapes]] = Future()
+        self._reader = threading.Thread(target=self._read, name=f"modelmint-worker-{what}",
+                                        daemon=True)
+        self._reader.start()
+        self._grace = threading.Timer(IDLE_GRACE_S, self._not_ready_in_time)
+        self._grace.daemon = True
+        self._grace.start()
+
+    def _not_ready_in_time(self) -> None:
+        log.warning("%s: not ready after %.0f s at idle priority (the CPU is saturated); "
+                    "raising it to normal priority", self.what, IDLE_GRACE_S)
+        raise_priority(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def io(self) -> tuple[Shapes, Shapes]:
+        """Block until the worker has created its session (or failed to)."""
+        try:
+            return self._started.result(START_TIMEOUT_S)
+        finally:
+            self._unlink()  # both sides have it mapped by now (or never will)
+
+    def promote(self) -> None:
+        self._grace.cancel()
+        self._send(("promote",))
+        if not self._promoted.result(10):
+            log.warning("%s: could not raise the worker back to SCHED_OTHER", self.what)
+
+    def run(self, batch: np.ndarray) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        with self._lock:
+            if self.dead is not None:
+                raise ModelNotReady(f"{self.what}: {self.dead}")
+            request_id = self._next_id
+            self._next_id += 1
+            slot = (self._free.pop() if self._free and batch.nbytes <= self.slot_bytes
+                    else None)
+            self._pending[request_id] = (future, slot)
+        if slot is None:
+            payload: bytes | None = np.ascontiguousarray(batch, np.float32).tobytes()
+        else:
+            view = np.frombuffer(self._shared, np.float32, batch.size, slot * self.slot_bytes)
+            view[:] = batch.ravel()
+            payload = None
+        self._send(("run", request_id, slot, list(batch.shape), payload))
+        return future
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+        except OSError:
+            pass  # the reader sees the EOF and fails everything pending
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.conn.recv()
+                kind = message[0]
+                if kind == "ready":
+                    self._started.set_result((message[1], message[2]))
+                elif kind == "error":
+                    self._started.set_exception(RepositoryError(message[1]))
+                elif kind == "promoted":
+                    self._promoted.set_result(bool(message[1]))
+                else:
+                    self._answer(message)
+        except (EOFError, OSError):
+            pass
+        code = self.proc.wait()
+        reason = (f"its worker process exited (code {code})" if code >= 0
+                  else f"its worker process was killed by signal {-code}")
+        with self._lock:
+            self.dead = reason
+            pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            future.set_exception(ModelNotReady(f"{self.what}: {reason} during this request"))
+        if not self._started.done():
+            self._started.set_exception(RepositoryError(f"{self.what}: {reason} while loading"))
+        if not self._promoted.done():
+            self._promoted.set_result(False)
+        if not self._closing and self.on_exit is not None:
+            self.on_exit(reason)
+
+    def _answer(self, message: tuple[Any, ...]) -> None:
+        kind, request_id = message[0], message[1]
+        with self._lock:
+            future, slot = self._pending.pop(request_id)
+        if kind == "err":
+            result: np.ndarray | None = None
+            error = RepositoryError(f"{self.what}: onnxruntime failed: {message[2]}")
+        else:
+            shape, payload = message[2], message[3]
+            count = int(np.prod(shape))
+            if payload is None:
+                assert slot is not None
+                result = np.frombuffer(self._shared, np.float32, count,
+                                       slot * self.slot_bytes).reshape(shape).copy()
+            else:
+                result = np.frombuffer(payload, np.float32).reshape(shape)
+        if slot is not None:
+            with self._lock:
+                self._free.append(slot)
+        if result is None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._shm_path)
+
+    def close(self) -> None:
+        """Stop the worker (its in-flight requests have drained before this is called)."""
+        self._closing = True
+        self._grace.cancel()
+        # Drained: tearing down its session (freeing ~100 MB) only gets idle CPU, like loading.
+        raise_priority(self.proc.pid, os.SCHED_IDLE)
+        self._send(("stop",))
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(5)
+        self._unlink()
+        with contextlib.suppress(BufferError):  # a caller still holding a view keeps it mapped
+            self._shared.close()

