@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -73,76 +73,12 @@ def train(
     # Ctrl-C / SIGINT stops cleanly and leaves a resumable run, even when we were started from
     # a non-interactive shell's background job, which starts children with SIGINT ignored (the
     # web app stops its training jobs with SIGINT).
+    values = dict(locals())
+    values["json"] = values.pop("as_json")
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from ._train import TrainOptions
-    from ._train import resume as resume_run
-    from ._train import train as train_run
-    from ._train.evaluate import print_report
+    from ._search.command import train_command
 
-    console = err_console if as_json else Console()
-    try:
-        from ._search.run import is_search_run
-
-        if (resume is not None and is_search_run(resume)) or (resume is None and epochs is None):
-            _train_search(data, name, repo, budget, seed, runs_dir, resume, as_json, console,
-                          group_by=group_by, reject_dir=reject_dir, label_column=label_column,
-                          text_column=text_column, storage=storage, worker=worker, ray=ray,
-                          max_trials=max_trials, candidates=candidates or None, profile=profile,
-                          auto_tune=auto_tune)
-            return
-        if resume is not None:
-            result = resume_run(resume, console, budget=budget, started=COMMAND_STARTED)
-        else:
-            if data is None or name is None:
-                raise MintError("mint train needs a DATA folder and --name (or --resume RUN_DIR)")
-            result = train_run(TrainOptions(
-                data_root=str(data), name=name, repo=str(repo), runs_dir=str(runs_dir),
-                budget=budget, epochs=epochs, seed=seed, strict=strict, profile=profile,
-                auto_tune=auto_tune), console,
-                started=COMMAND_STARTED)
-    except MintError as exc:
-        _fail(exc)
-        return
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    print_report(result.report["evaluation"], console)
-    console.print(f"[green]published[/] {result.model} version {result.version} "
-                  f"(val accuracy {result.val_accuracy:.1%}, {result.train_seconds:.0f}s, "
-                  f"{result.epochs} epochs, run {result.run_dir})")
-    if as_json:
-        _emit_json(result.to_json())
-
-
-def _train_search(data: Path | None, name: str | None, repo: Path, budget: float | None,
-                  seed: int, runs_dir: Path, resume: Path | None, as_json: bool,
-                  console: Console, **extra: Any) -> None:
-    """The model search (issue 6): ``search.run`` does the work; this prints and exits."""
-    from ._search.driver import SearchOptions
-    from ._search.run import resume_search, search
-    from ._train.evaluate import print_report
-
-    if resume is not None:
-        result = resume_search(resume, console, budget=budget, started=COMMAND_STARTED)
-    else:
-        if data is None or name is None:
-            raise MintError("mint train needs a DATA folder (or .tsv/.csv file) and --name "
-                            "(or --resume RUN_DIR)")
-        opts = SearchOptions(
-            data=str(data), name=name, repo=str(repo), runs_dir=str(runs_dir),
-            budget=600.0 if budget is None else budget, seed=seed,
-            reject_dir=None if extra["reject_dir"] is None else str(extra["reject_dir"]),
-            **{k: v for k, v in extra.items() if k != "reject_dir"})
-        result = search(opts, console, started=COMMAND_STARTED)
-    for warning in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}")
-    if result.get("version") is not None:
-        print_report(result["report"]["evaluation"], console)
-        console.print(f"[green]published[/] {result['model']} version {result['version']} "
-                      f"(winner {result['winner']['candidate']}, val accuracy "
-                      f"{result['val_accuracy']:.1%}, {result['seconds']:.0f}s, "
-                      f"{len(result['trials'])} trials, run {result['run_dir']})")
-    if as_json:
-        _emit_json({k: v for k, v in result.items() if k != "report"})
+    train_command(values, COMMAND_STARTED)
 
 
 @app.command()
