@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from modelmint._tensor_names import PROBABILITIES, TENSOR_INPUT
+
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-mlserver"
 PACKAGES = ("mlserver==1.7.1", "uvloop<0.22", "onnxruntime", "numpy")
@@ -88,8 +90,8 @@ def write_model_dir(root: Path, onnx: Path, threads: int) -> Path:
     settings = {
         "name": MODEL_NAME,
         "implementation": "runtime.OnnxClassifier",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+        "inputs": [{"name": TENSOR_INPUT, "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
+        "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, 2]}],
         "parameters": {"uri": str(onnx.resolve()), "extra": {"threads": threads}},
     }
     (folder / "model-settings.json").write_text(json.dumps(settings, indent=2))

@@ -1,7 +1,7 @@
 """Latency during hot updates: ``mint serve --poll`` vs MLServer 1.7.1, same ONNX model.
 
 MobileNetV2 (torchvision, random weights, 2 classes) is exported once with
-``modelmint._train.package.publish_model`` (with a warm-up image); every ``--interval`` seconds
+``modelmint._search.publish.publish_classifier`` (with a warm-up image); every ``--interval`` seconds
 a copy of it is published as a new version (``ModelRepository.publish``, an atomic rename) and
 the server must switch to it. MLServer gets the same model file copied to a new path and a
 ``POST /v2/repository/models/NAME/load`` (its reload: load the new one, then swap).
@@ -47,13 +47,13 @@ def export(root: Path) -> Path:
 
     from modelmint._data.preprocess import ImageSpec
     from modelmint._repository import ModelMetadata, ModelRepository
-    from modelmint._train.package import publish_model
+    from modelmint._search.publish import publish_classifier
 
     images = sorted(SAMPLE.glob("*/*.jpg"))[:1]
     model = torchvision.models.mobilenet_v2(num_classes=2).eval()
     meta = ModelMetadata(name=MODEL_NAME, labels=["ants", "bees"], architecture="mobilenet_v2",
                          preprocessing=ImageSpec())
-    return publish_model(ModelRepository(root), model, meta, {},
+    return publish_classifier(ModelRepository(root), model, meta, {},
                          [p.read_bytes() for p in images]).path
 
 

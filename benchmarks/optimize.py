@@ -59,7 +59,7 @@ from modelmint._optimize.quantize import (
 from modelmint._optimize.select import LabelledImages
 from modelmint._optimize.torch_paths import torch_runner
 from modelmint._repository import ONNX_FILE, ModelMetadata, ModelRepository
-from modelmint._train.package import publish_model
+from modelmint._search.publish import publish_classifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 BATCHES = (1, 8)
@@ -161,7 +161,7 @@ def image_case(name: str, args: argparse.Namespace, console: Console, tmp: Path)
                          provenance={"data_root": str(DATA),
                                      "split": labelled_split(args.images)})
     repo = ModelRepository(tmp / "models")
-    source = publish_model(repo, net, meta)
+    source = publish_classifier(repo, net, meta)
     console.print(f"[bold]{name}[/]: mint optimize ...")
     result = optimize(source.path, rounds=1, iters=2)
     sample = np.random.default_rng(0).normal(size=(8, 3, 224, 224)).astype(np.float32)

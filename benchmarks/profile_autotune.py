@@ -1,7 +1,7 @@
 """The profiler's acceptance benchmark: diagnose the defined bottlenecked configuration,
 auto-tune it, and compare before / after / the replay ceiling in one run.
 
-The bottlenecked configuration (issue 5): MobileNetV2 frozen except its last block, batch 32,
+The bottlenecked configuration: MobileNetV2 frozen except its last block, batch 32,
 the full-size hymenoptera JPEGs decoded with PIL in the main process (``num_workers=0``) and a
 per-sample PIL transform chain (Resize, RandomCrop, RandomHorizontalFlip, ColorJitter,
 ToTensor, Normalize). Steps:
@@ -35,6 +35,7 @@ from _common import ForeignCpu, summary
 from modelmint._profile.autotune import Runner, TuneSettings, autotune, interleaved, replay_probe
 from modelmint._profile.overhead import overhead
 from modelmint._profile.workload import WorkloadConfig
+from modelmint._train.backbone import MOBILENET_V2, weights_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
@@ -51,13 +52,16 @@ def main() -> None:
     foreign = ForeignCpu()
     started = time.monotonic()
 
+    weights = weights_path(MOBILENET_V2)
     initial = WorkloadConfig()
     result = autotune(args.data, initial, TuneSettings(rounds=args.rounds, steps=args.steps),
-                      log=lambda line: console.print(f"[dim]auto-tune[/] {line}"))
+                      log=lambda line: console.print(f"[dim]auto-tune[/] {line}"),
+                      backbone_weights=weights)
     final = WorkloadConfig(**result.final)
 
     console.print("[dim]final comparison: initial vs tuned vs replay probe, interleaved[/]")
-    before, after = Runner(args.data, initial, args.steps), Runner(args.data, final, args.steps)
+    before = Runner(args.data, initial, args.steps, backbone_weights=weights)
+    after = Runner(args.data, final, args.steps, backbone_weights=weights)
     before_ips, after_ips, ceiling_ips = interleaved(
         [before, after], args.rounds, extra=[replay_probe(after)])
     after_steps = [s["total"] for s in after.tracer.steps]

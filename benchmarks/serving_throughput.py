@@ -1,7 +1,7 @@
 """Serving throughput and latency: ``mint serve`` vs MLServer 1.7.1, same ONNX model.
 
 The model is torchvision's MobileNetV2 (random weights, 2 classes) published with
-``modelmint._train.package.publish_model``; MLServer serves the very same ``model.onnx`` through
+``modelmint._search.publish.publish_classifier``; MLServer serves the very same ``model.onnx`` through
 a custom runtime with our session settings (see ``_mlserver.py``). Each server gets the client
 its users would use: ours tritonclient.http with binary tensors (the V2 binary extension);
 MLServer tritonclient.grpc, whose raw tensor contents are MLServer's cheapest encoding for a
@@ -38,6 +38,8 @@ from rich.table import Table
 
 from _common import ForeignCpu, summary
 from _mlserver import MODEL_NAME, free_port, start_mlserver, stop, wait_ready
+from modelmint._serve.v2client import encode_request, tensor_request
+from modelmint._tensor_names import PROBABILITIES, TENSOR_INPUT
 
 CONCURRENCY = (1, 4, 16, 64)
 CONFIGS = [(workers, threads) for workers in (0, 2) for threads in (1, 2)]
@@ -51,12 +53,12 @@ def publish(root: Path) -> Path:
 
     from modelmint._data.preprocess import ImageSpec
     from modelmint._repository import ModelMetadata, ModelRepository
-    from modelmint._train.package import publish_model
+    from modelmint._search.publish import publish_classifier
 
     model = torchvision.models.mobilenet_v2(num_classes=2).eval()
     meta = ModelMetadata(name=MODEL_NAME, labels=["ants", "bees"], architecture="mobilenet_v2",
                          preprocessing=ImageSpec())
-    return Path(publish_model(ModelRepository(root), model, meta, {}).path)
+    return Path(publish_classifier(ModelRepository(root), model, meta, {}).path)
 
 
 def start_ours(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -80,9 +82,9 @@ def http_sender(url: str) -> Sender:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
-    tensor = httpclient.InferInput("input", SHAPE, "FP32")
+    tensor = httpclient.InferInput(TENSOR_INPUT, SHAPE, "FP32")
     tensor.set_data_from_numpy(batch(), binary_data=True)
-    output = httpclient.InferRequestedOutput("probabilities", binary_data=True)
+    output = httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True)
     return lambda: client.infer(MODEL_NAME, [tensor], outputs=[output]) and None
 
 
@@ -90,7 +92,7 @@ def grpc_sender(address: str) -> Sender:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(address)
-    tensor = grpcclient.InferInput("input", SHAPE, "FP32")
+    tensor = grpcclient.InferInput(TENSOR_INPUT, SHAPE, "FP32")
     tensor.set_data_from_numpy(batch())  # raw_input_contents
     return lambda: client.infer(MODEL_NAME, [tensor]) and None
 
@@ -99,12 +101,11 @@ def json_sender(url: str) -> Sender:
     import httpx
 
     http = httpx.Client(base_url=url, timeout=60)
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": SHAPE,
-                                   "data": batch().ravel().tolist()}]})
+    # Encoded once: the loop measures the server, not the client building 150k floats of JSON.
+    body, headers = encode_request(tensor_request(batch()))
 
     def send() -> None:
-        response = http.post(f"/v2/models/{MODEL_NAME}/infer", content=body,
-                             headers={"content-type": "application/json"})
+        response = http.post(f"/v2/models/{MODEL_NAME}/infer", content=body, headers=headers)
         response.raise_for_status()
 
     return send

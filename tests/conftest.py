@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from modelmint._train import TrainOptions, TrainResult, train
+from modelmint._search.options import TrainOptions
+from modelmint._search.run import TrainResult, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HYMENOPTERA = SHARED / "hymenoptera"
-# Long enough for the frozen-backbone head on a loaded 2-core CI machine; it stops early anyway.
+# A ceiling for the fixed recipe on a loaded 2-core CI machine; it takes ~40 s on an idle one.
 TRAIN_BUDGET = float(os.environ.get("MINT_TEST_TRAIN_BUDGET", "90"))
+TRAIN_EPOCHS = 3
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +28,11 @@ def hymenoptera() -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, hymenoptera: Path) -> TrainResult:
-    """The hymenoptera model, trained once per test session under a small budget."""
+    """The hymenoptera model, trained once per test session by the fixed recipe."""
     base = tmp_path_factory.mktemp("trained")
-    return train(TrainOptions(data_root=str(hymenoptera), name="bees", repo=str(base / "models"),
-                              runs_dir=str(base / "runs"), budget=TRAIN_BUDGET),
+    return train(TrainOptions(data=str(hymenoptera), name="bees", repo=str(base / "models"),
+                              runs_dir=str(base / "runs"), budget=TRAIN_BUDGET,
+                              epochs=TRAIN_EPOCHS),
                  Console(quiet=True))
 
 

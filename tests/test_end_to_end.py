@@ -14,7 +14,7 @@ import tritonclient.http as triton
 
 from modelmint._data.preprocess import preprocess
 from modelmint._demo import free_port, start_server
-from modelmint._train import TrainResult
+from modelmint._search.run import TrainResult
 
 
 @pytest.fixture(scope="module")

@@ -11,36 +11,30 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._cli_common import command_from
 from ._cli_common import emit_json as _emit_json
 from ._cli_common import fail as _fail
+from ._settings import DEFAULT_HTTP_PORT, SERVE
 from .errors import MintError
 
 
-def serve(
-    repo: Annotated[Path, typer.Argument(help="Model repository to serve.")],
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="KServe V2 HTTP port (0: any free port).")]
-    = 8000,
-    grpc_port: Annotated[int, typer.Option(
-        help="KServe V2 gRPC port (0: any free port; -1: no gRPC).", min=-1)] = 8001,
-    metrics_port: Annotated[int, typer.Option(
-        help="Prometheus /metrics port (0: any free port; -1: none).", min=-1)] = 8002,
-    max_request_bytes: Annotated[int, typer.Option(
-        help="Largest request body (HTTP) or message (gRPC) accepted.")] = 16 * 1024 * 1024,
-    poll: Annotated[float, typer.Option(
-        help="Re-read the repository every SECONDS and hot-update changed models (0: only "
-             "via POST /v2/repository/models/NAME/load).", min=0)] = 0.0,
-) -> None:
-    """Serve the versions each model's config.json selects over KServe V2 HTTP and gRPC."""
+def _serve(values: dict[str, Any]) -> None:
     from ._serve import run_server
 
+    grpc_port, metrics_port = values["grpc_port"], values["metrics_port"]
     try:
-        run_server(repo, host=host, http_port=http_port, max_request_bytes=max_request_bytes,
+        run_server(values["repo"], host=values["host"], http_port=values["http_port"],
+                   max_request_bytes=values["max_request_bytes"],
                    grpc_port=None if grpc_port < 0 else grpc_port,
                    metrics_port=None if metrics_port < 0 else metrics_port,
-                   poll_interval_s=poll)
+                   poll_interval_s=values["poll"])
     except MintError as exc:
         _fail(exc)
+
+
+serve = command_from(
+    SERVE, _serve, "serve",
+    "Serve the versions each model's config.json selects over KServe V2 HTTP and gRPC.")
 
 
 def predict(
@@ -49,7 +43,8 @@ def predict(
     model: Annotated[str, typer.Option(help="Model name.")] = "",
     text: Annotated[list[str] | None, typer.Option(
         "--text", help="A text to classify (repeatable), for text models.")] = None,
-    url: Annotated[str | None, typer.Option(help="Server URL, e.g. http://127.0.0.1:8000")]
+    url: Annotated[str | None, typer.Option(
+        help=f"Server URL, e.g. http://127.0.0.1:{DEFAULT_HTTP_PORT}")]
     = None,
     repo: Annotated[Path | None, typer.Option(help="Predict in-process from a repository.")]
     = None,
@@ -58,8 +53,9 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
     """Classify image or sound files, or --text strings, through a server (--url) or a
-    repository (--repo)."""
-    from ._client import predict as run_predict
+    repository (--repo); for a model that takes tensors only, print its outputs for each .npy
+    file (one item or a batch)."""
+    from ._client import predict_files as run_predict
     from ._client import predict_texts, print_predictions
 
     if (url is None) == (repo is None):
@@ -115,7 +111,8 @@ def models(
 
 
 def stats(
-    url: Annotated[str, typer.Argument(help="Server URL, e.g. http://127.0.0.1:8000")],
+    url: Annotated[str, typer.Argument(
+        help=f"Server URL, e.g. http://127.0.0.1:{DEFAULT_HTTP_PORT}")],
     model: Annotated[list[str] | None, typer.Option(
         help="Model to show (repeatable; default: every model the server lists).")] = None,
     watch: Annotated[float | None, typer.Option(

@@ -1,40 +1,45 @@
 """Classify image or sound files, or text strings, with a served model (over V2 HTTP) or
-straight from a repository.
+straight from a repository; run ``.npy`` arrays through a model that takes tensors only.
 
-Both paths send the same V2 request (``image``, ``audio`` — chosen by the file extension — or
-``text`` input; ``classification: k`` output) through
-the same :class:`~modelmint._serve.DataPlane` semantics; the repository path simply runs that
-data plane in-process. One unreadable or undecodable file is reported in its
-:attr:`Prediction.error` and never fails the rest.
+Both paths send the same V2 request objects (:mod:`modelmint._serve.v2client`: ``image``,
+``audio`` — chosen by the file extension — or ``text`` input with ``classification: k``, or the
+FP32 ``input``) with the same :class:`~modelmint._serve.DataPlane` semantics; the repository
+path simply runs that data plane in-process. One unreadable or undecodable file is reported in
+its :attr:`Prediction.error` and never fails the rest.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
-import httpx
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import InvalidInput, MintError, ModelNotReady, NotFound, PayloadTooLarge
+from ._serve.types import InferRequest, InferResponse
+from ._serve.v2client import (
+    V2Client,
+    bytes_request,
+    classifications,
+    encoded_input,
+    tensor_request,
+)
+from ._tensor_names import AUDIO_INPUT, IMAGE_INPUT, TENSOR_INPUT, TEXT_INPUT
+from .errors import InvalidInput
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
                               ".tiff"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
+ARRAY_EXTENSIONS = frozenset({".npy"})
 MAX_FILES_PER_REQUEST = 16
 # Base64 inflates by 4/3; staying near 8 MiB of files keeps a request well inside the server's
 # default 16 MiB body limit. A single larger file is still sent, alone.
 MAX_BYTES_PER_REQUEST = 8 * 1024 * 1024
-_STATUS_ERRORS: dict[int, type[MintError]] = {400: InvalidInput, 404: NotFound,
-                                              413: PayloadTooLarge, 503: ModelNotReady}
 
 TopK = list[tuple[str, float]]
 
@@ -55,9 +60,27 @@ class Prediction:
         return out
 
 
-def find_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Expand folders (recursively, image extensions, hidden entries skipped) and return
-    (image files, paths that do not exist). Files named explicitly are kept whatever their
+@dataclass
+class TensorPrediction:
+    """A tensor model's outputs for one ``.npy`` file: without the batch axis when the file
+    held one item, with it when the file held a batch."""
+
+    file: str
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.file,
+                               "outputs": {n: _jsonable(a) for n, a in self.outputs.items()}}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def find_images(paths: list[Path], extensions: frozenset[str] = IMAGE_EXTENSIONS |
+                AUDIO_EXTENSIONS) -> tuple[list[Path], list[Path]]:
+    """Expand folders (recursively, files with ``extensions``, hidden entries skipped) and
+    return (files, paths that do not exist). Files named explicitly are kept whatever their
     extension: the server decides whether they are images."""
     found: list[Path] = []
     missing: list[Path] = []
@@ -66,7 +89,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(Path(root) / f for f in sorted(files) if not f.startswith(".")
-                             and Path(f).suffix.lower() in IMAGE_EXTENSIONS | AUDIO_EXTENSIONS)
+                             and Path(f).suffix.lower() in extensions)
         elif path.is_file():
             found.append(path)
         else:
@@ -74,63 +97,32 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     return found, missing
 
 
-def parse_classification(item: bytes | str) -> tuple[str, float]:
-    """One Triton classification element ``"score:index:label"`` -> (label, score)."""
-    text = item.decode("utf-8") if isinstance(item, bytes) else item
-    score, index, *label = text.split(":", 2)
-    return (label[0] if label else index), float(score)
-
-
 def input_name(path: Path) -> str:
     """The raw input a file goes to: ``audio`` for sound files, else ``image``."""
-    return "audio" if path.suffix.lower() in AUDIO_EXTENSIONS else "image"
+    return AUDIO_INPUT if path.suffix.lower() in AUDIO_EXTENSIONS else IMAGE_INPUT
 
 
 class _Backend(Protocol):
-    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]: ...
+    def metadata(self) -> dict[str, Any]: ...
+
+    def infer(self, request: InferRequest, binary: bool = False) -> InferResponse: ...
 
     def close(self) -> None: ...
 
 
 class _HttpBackend:
     def __init__(self, url: str, model: str, version: int | None, timeout: float) -> None:
-        base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-        path = f"/v2/models/{quote(model, safe='')}"
-        self.path = path + (f"/versions/{version}" if version is not None else "") + "/infer"
-        self.http = httpx.Client(base_url=base, timeout=timeout)
+        self.model, self.version = model, version
+        self.client = V2Client(url, timeout=timeout)
 
-    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]:
-        # JSON carries text as strings and encoded files as base64 (the server's BASE64_INPUTS).
-        data = ([b.decode("utf-8") for b in images] if name == "text"
-                else [base64.b64encode(b).decode("ascii") for b in images])
-        body = {
-            "inputs": [{"name": name, "datatype": "BYTES", "shape": [len(images)],
-                        "data": data}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
-        }
-        try:
-            response = self.http.post(self.path, json=body)
-        except httpx.HTTPError as exc:
-            raise MintError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
-        try:
-            doc = response.json()
-        except ValueError:
-            doc = None
-        if response.status_code != 200:
-            message = doc.get("error") if isinstance(doc, dict) else None
-            error = _STATUS_ERRORS.get(response.status_code, MintError)
-            raise error(str(message or f"HTTP {response.status_code}: {response.text[:200]}"))
-        try:
-            output = next(o for o in doc["outputs"] if o["name"] == "probabilities")
-            rows, cols = output["shape"]
-            flat = output["data"]
-            return [[parse_classification(x) for x in flat[r * cols:(r + 1) * cols]]
-                    for r in range(rows)]
-        except (KeyError, TypeError, ValueError, StopIteration) as exc:
-            raise MintError(f"unexpected response from {self.http.base_url}: {exc!r}") from exc
+    def metadata(self) -> dict[str, Any]:
+        return self.client.model_metadata(self.model, self.version)
+
+    def infer(self, request: InferRequest, binary: bool = False) -> InferResponse:
+        return self.client.infer(self.model, request, version=self.version, binary=binary)
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
 
 class _LocalBackend:
@@ -142,48 +134,72 @@ class _LocalBackend:
         self.dataplane = DataPlane(repo, models=())
         self.dataplane.load_model(model, version)
 
-    def classify(self, images: list[bytes], k: int, name: str = "image") -> list[TopK]:
-        from ._serve.types import InferInput, InferRequest, RequestedOutput
+    def metadata(self) -> dict[str, Any]:
+        return self.dataplane.model_metadata(self.model, self.version)
 
-        data = np.empty(len(images), dtype=np.object_)
-        data[:] = images
-        request = InferRequest(
-            inputs=[InferInput(name, "BYTES", [len(images)], data)],
-            outputs=[RequestedOutput("probabilities", {"classification": k})])
-        result = self.dataplane.infer_sync(self.model, self.version, request)
-        table = result.output("probabilities").data
-        return [[parse_classification(x) for x in row] for row in table]
+    def infer(self, request: InferRequest, binary: bool = False) -> InferResponse:
+        return self.dataplane.infer_sync(self.model, self.version, request)
 
     def close(self) -> None:
         self.dataplane.close()
 
 
+def _open(url: str | None, repo: Path | None, model: str, version: int | None,
+          timeout: float) -> _Backend:
+    if url is not None:
+        return _HttpBackend(url, model, version, timeout)
+    return _LocalBackend(Path(repo or "."), model, version)
+
+
+def _classify(backend: _Backend, items: list[bytes], k: int, name: str) -> list[TopK]:
+    response = backend.infer(bytes_request(name, items, classification=k))
+    return [[(label, score) for score, _, label in row] for row in classifications(response)]
+
+
 def predict(paths: list[Path], model: str, *, url: str | None = None, repo: Path | None = None,
             version: int | None = None, top_k: int = 3,
             timeout: float = 120.0) -> list[Prediction]:
-    """Top-``top_k`` labels for every image under ``paths``, in discovery order.
+    """Top-``top_k`` labels for every image or sound file under ``paths``, in discovery order.
 
     Exactly one of ``url`` (a running server) or ``repo`` (in-process) must be given. Errors
     that concern one file go into its Prediction; errors that concern every file (unknown
     model, unreachable server) raise.
     """
-    if (url is None) == (repo is None):
-        raise InvalidInput("give exactly one of url (a running server) or repo (a model "
-                           "repository to run in-process)")
-    if top_k < 1:
-        raise InvalidInput(f"top_k must be >= 1, got {top_k}")
-    files, missing = find_images([Path(p) for p in paths])
-    backend: _Backend = (_HttpBackend(url, model, version, timeout) if url is not None
-                         else _LocalBackend(Path(repo or "."), model, version))
-    results: dict[Path, Prediction] = {
-        p: Prediction(str(p), error="no such file or directory") for p in missing}
+    _check_request(url, repo, top_k)
+    backend = _open(url, repo, model, version, timeout)
     try:
-        for batch in _batches(files):
-            for path, pred in zip(batch, _predict_batch(backend, batch, top_k), strict=True):
-                results[path] = pred
+        return _predict_classes(backend, paths, top_k)
     finally:
         backend.close()
-    return [results[p] for p in [*missing, *files]]
+
+
+def predict_tensors(paths: list[Path], model: str, *, url: str | None = None,
+                    repo: Path | None = None, version: int | None = None,
+                    timeout: float = 120.0) -> list[TensorPrediction]:
+    """Every output tensor for each ``.npy`` file under ``paths`` (one item, or a batch with
+    its batch axis first), sent to the model's FP32 input."""
+    _check_request(url, repo, 1)
+    backend = _open(url, repo, model, version, timeout)
+    try:
+        return _predict_tensors(backend, model, paths)
+    finally:
+        backend.close()
+
+
+def predict_files(paths: list[Path], model: str, *, url: str | None = None,
+                  repo: Path | None = None, version: int | None = None, top_k: int = 3,
+                  timeout: float = 120.0) -> list[Prediction] | list[TensorPrediction]:
+    """``mint predict FILES``: the model's signature decides. A classifier (it has an encoded
+    image, sound or text input) gives top-k labels per file, as :func:`predict`; a model that
+    takes tensors only gives its outputs per ``.npy`` file, as :func:`predict_tensors`."""
+    _check_request(url, repo, top_k)
+    backend = _open(url, repo, model, version, timeout)
+    try:
+        if encoded_input(backend.metadata()) is None:
+            return _predict_tensors(backend, model, paths)
+        return _predict_classes(backend, paths, top_k)
+    finally:
+        backend.close()
 
 
 def predict_texts(texts: list[str], model: str, *, url: str | None = None,
@@ -191,21 +207,36 @@ def predict_texts(texts: list[str], model: str, *, url: str | None = None,
                   timeout: float = 120.0) -> list[Prediction]:
     """Top-``top_k`` labels for every text (a text-classification model's ``text`` input);
     ``Prediction.file`` holds the text."""
-    if (url is None) == (repo is None):
-        raise InvalidInput("give exactly one of url (a running server) or repo (a model "
-                           "repository to run in-process)")
-    backend: _Backend = (_HttpBackend(url, model, version, timeout) if url is not None
-                         else _LocalBackend(Path(repo or "."), model, version))
+    _check_request(url, repo, top_k)
+    backend = _open(url, repo, model, version, timeout)
     preds = []
     try:
         for start in range(0, len(texts), MAX_FILES_PER_REQUEST):
             chunk = texts[start:start + MAX_FILES_PER_REQUEST]
-            rows = backend.classify([t.encode("utf-8") for t in chunk], top_k, "text")
+            rows = _classify(backend, [t.encode("utf-8") for t in chunk], top_k, TEXT_INPUT)
             preds += [Prediction(t, row[0][0], row[0][1], row) for t, row in
                       zip(chunk, rows, strict=True)]
     finally:
         backend.close()
     return preds
+
+
+def _check_request(url: str | None, repo: Path | None, top_k: int) -> None:
+    if (url is None) == (repo is None):
+        raise InvalidInput("give exactly one of url (a running server) or repo (a model "
+                           "repository to run in-process)")
+    if top_k < 1:
+        raise InvalidInput(f"top_k must be >= 1, got {top_k}")
+
+
+def _predict_classes(backend: _Backend, paths: list[Path], top_k: int) -> list[Prediction]:
+    files, missing = find_images([Path(p) for p in paths])
+    results: dict[Path, Prediction] = {
+        p: Prediction(str(p), error="no such file or directory") for p in missing}
+    for batch in _batches(files):
+        for path, pred in zip(batch, _predict_batch(backend, batch, top_k), strict=True):
+            results[path] = pred
+    return [results[p] for p in [*missing, *files]]
 
 
 def _batches(files: list[Path]) -> Iterator[list[Path]]:
@@ -235,8 +266,8 @@ def _predict_batch(backend: _Backend, batch: list[Path], k: int) -> list[Predict
             preds[path] = Prediction(str(path), error=f"cannot read: {exc.strerror or exc}")
     if readable:
         try:
-            rows = backend.classify([blob for _, blob in readable], k,
-                                    input_name(readable[0][0]))
+            rows = _classify(backend, [blob for _, blob in readable], k,
+                             input_name(readable[0][0]))
         except InvalidInput as exc:
             if len(readable) == 1:
                 preds[readable[0][0]] = Prediction(str(readable[0][0]), error=str(exc))
@@ -251,15 +282,94 @@ def _predict_batch(backend: _Backend, batch: list[Path], k: int) -> list[Predict
     return [preds[p] for p in batch]
 
 
-def print_predictions(preds: list[Prediction], console: Console | None = None) -> None:
-    """A table: file, top label and score, the other top-k, or the error in red."""
+# --- models that take tensors --------------------------------------------------------------
+
+def _predict_tensors(backend: _Backend, model: str, paths: list[Path]) -> list[TensorPrediction]:
+    name, item_shape = _tensor_input(backend.metadata(), model)
+    files, missing = find_images([Path(p) for p in paths], ARRAY_EXTENSIONS)
+    preds = [TensorPrediction(str(p), error="no such file or directory") for p in missing]
+    for path in files:
+        try:
+            batch, single = _load_array(path, name, item_shape)
+            response = backend.infer(tensor_request(batch, name=name), binary=True)
+        except InvalidInput as exc:
+            preds.append(TensorPrediction(str(path), error=str(exc)))
+            continue
+        preds.append(TensorPrediction(str(path), {
+            out.name: out.data[0] if single else out.data for out in response.outputs}))
+    return preds
+
+
+def _tensor_input(metadata: dict[str, Any], model: str) -> tuple[str, list[int]]:
+    """The model's FP32 input (``input``, or its only input) and its shape without the batch
+    axis (-1: any size)."""
+    inputs = [t for t in metadata.get("inputs", []) if isinstance(t, dict)]
+    named = [t for t in inputs if t.get("name") == TENSOR_INPUT] or inputs
+    if len(named) != 1 or named[0].get("datatype") != "FP32":
+        found = [(t.get("name"), t.get("datatype")) for t in inputs]
+        raise InvalidInput(f"model {model!r} takes {found}; .npy files need one FP32 input")
+    shape = named[0].get("shape") or [-1]
+    return str(named[0]["name"]), [int(d) for d in shape[1:]]
+
+
+def _load_array(path: Path, name: str, item_shape: list[int]) -> tuple[np.ndarray, bool]:
+    """The file's batch, and whether the file held one item (its batch axis is added)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InvalidInput(f"not a .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise InvalidInput("an .npz archive; expected one .npy array")
+    dims = ", ".join("any" if d < 0 else str(d) for d in item_shape)
+    single = array.ndim == len(item_shape)
+    item = array.shape if single else array.shape[1:]
+    if (not single and array.ndim != len(item_shape) + 1) or any(
+            want >= 0 and want != got for want, got in zip(item_shape, item, strict=True)):
+        raise InvalidInput(f"array of shape {list(array.shape)}: input {name!r} takes one item "
+                           f"[{dims}] or a batch [N, {dims}]")
+    if not single and array.shape[0] == 0:
+        raise InvalidInput(f"array of shape {list(array.shape)}: the batch is empty")
+    return (array[np.newaxis] if single else array), single
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype == np.object_:
+        return [_jsonable(a) for a in array] if array.ndim > 1 else [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array]
+    return array.tolist()
+
+
+# --- printing --------------------------------------------------------------------------------
+
+def print_predictions(preds: Sequence[Prediction] | Sequence[TensorPrediction],
+                      console: Console | None = None) -> None:
+    """A table: file, top label and score, the other top-k (or each output tensor's shape and
+    values), or the error in red."""
     console = console or Console()
     table = Table(show_header=True, header_style="bold")
     table.add_column("File", overflow="fold")
+    tensors = [p for p in preds if isinstance(p, TensorPrediction)]
+    if tensors:
+        for column in ("Output", "Shape", "Values"):
+            table.add_column(column)
+        for t in tensors:
+            if t.error is not None:
+                table.add_row(escape(t.file), "[red]error[/red]", "",
+                              f"[red]{escape(t.error)}[/red]")
+            for name, array in t.outputs.items():
+                values = np.array2string(array, precision=4, threshold=8, separator=", ")
+                table.add_row(escape(t.file), escape(name), str(list(array.shape)),
+                              escape(values))
+        console.print(table)
+        return
     table.add_column("Label")
     table.add_column("Score", justify="right")
     table.add_column("Top-k")
     for p in preds:
+        assert isinstance(p, Prediction)
         if p.error is not None:
             table.add_row(escape(p.file), "[red]error[/red]", "", f"[red]{escape(p.error)}[/red]")
         else:

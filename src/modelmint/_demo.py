@@ -1,8 +1,8 @@
-"""``make demo``: the spine end to end on the sample data, over real HTTP on loopback."""
+"""``make demo``: train, serve and classify the sample data end to end, over real HTTP on
+loopback."""
 
 from __future__ import annotations
 
-import base64
 import socket
 import subprocess
 import sys
@@ -14,7 +14,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ._train import TrainOptions, train
+from ._search.options import TrainOptions
+from ._search.run import train
+from ._serve.v2client import V2Client, bytes_request, classifications
+from ._tensor_names import IMAGE_INPUT
 from .errors import MintError
 
 
@@ -49,37 +52,34 @@ def start_server(repo: Path, port: int, timeout: float = 60.0) -> subprocess.Pop
 def run_demo(data: Path, repo: Path, budget: float, rounds: int, console: Console) -> None:
     name = "bees"
     console.rule("1. train")
-    result = train(TrainOptions(data_root=str(data), name=name, repo=str(repo), budget=budget),
+    result = train(TrainOptions(data=str(data), name=name, repo=str(repo), budget=budget),
                    console)
     for warning in result.warnings:
         console.print(f"[yellow]data check:[/] {warning}")
-    console.print(f"published {name} v{result.version}: val accuracy {result.val_accuracy:.1%} "
-                  f"in {result.train_seconds:.0f}s ({result.epochs} epochs)")
+    console.print(f"published {name} v{result.version}: val accuracy "
+                  f"{result.val_accuracy or 0.0:.1%} in {result.train_seconds:.0f}s "
+                  f"(winner {(result.winner or {}).get('candidate')}, report "
+                  f"{result.version_dir}/report.html)")
 
     val_dir = Path(data) / "val"
     files = sorted(p for p in val_dir.glob("*/*") if p.is_file() and not p.name.startswith("."))
-    bodies = [{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                           "data": [base64.b64encode(f.read_bytes()).decode()]}],
-               "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
-              for f in files]
+    requests = [bytes_request(IMAGE_INPUT, [f.read_bytes()], classification=1) for f in files]
     port = free_port()
     console.rule(f"2. serve on http://127.0.0.1:{port}")
     proc = start_server(repo, port)
     try:
-        url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
         latencies: list[float] = []
         correct = total = 0
-        with httpx.Client(timeout=30.0) as client:
-            for body in bodies:  # warm-up pass, not timed
-                client.post(url, json=body).raise_for_status()
+        with V2Client(f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            for request in requests:  # warm-up pass, not timed
+                client.infer(name, request)
             console.rule(f"3. classify {len(files)} val images x {rounds} over HTTP")
             for _ in range(rounds):
-                for f, body in zip(files, bodies, strict=True):
+                for f, request in zip(files, requests, strict=True):
                     t0 = time.perf_counter()
-                    reply = client.post(url, json=body)
+                    response = client.infer(name, request)
                     latencies.append((time.perf_counter() - t0) * 1000)
-                    reply.raise_for_status()
-                    label = reply.json()["outputs"][0]["data"][0].split(":", 2)[2]
+                    _, _, label = classifications(response)[0][0]
                     correct += label == f.parent.name
                     total += 1
     finally:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._cli_common import command_from, err_console
 from ._cli_common import emit_json as _emit_json
-from ._cli_common import err_console
 from ._cli_common import fail as _fail
 from ._cli_serving import models, predict, serve, stats
+from ._settings import APP, OPTIMIZE, TRAIN
 from .errors import MintError
 
 # Taken before torch is imported (commands import it lazily): --budget covers the whole command.
@@ -24,61 +25,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="modelmint: a folder of labelled data → a trained, evaluated, served model.")
 
 
-@app.command()
-def train(
-    data: Annotated[Path | None, typer.Argument(
-        help="Data folder (<class>/* or train|val/<class>/*; images or .wav) or a .tsv/.csv "
-             "file (text)")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name in the repository.")] = None,
-    repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
-    budget: Annotated[float | None, typer.Option(
-        help="Wall-clock ceiling in seconds for the whole command.")] = None,
-    epochs: Annotated[int | None, typer.Option(
-        help="Fixed number of fine-tuning epochs instead of a budget.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and init.")] = 0,
-    strict: Annotated[bool, typer.Option(help="Skip every file the data check flags.")] = False,
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")]
-    = None,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object.")] = False,
-    group_by: Annotated[str | None, typer.Option(
-        help="Regex over file names (first group, e.g. '_(\\[a-z]+)_'): keep each group on one "
-             "side of the train/val split.")] = None,
-    reject_dir: Annotated[Path | None, typer.Option(
-        help="Folder of out-of-domain examples: adds an 'other' class.")] = None,
-    label_column: Annotated[str | None, typer.Option(
-        help="Text tasks: the label column (default: auto-detected).")] = None,
-    text_column: Annotated[str | None, typer.Option(
-        help="Text tasks: the text column (default: auto-detected).")] = None,
-    storage: Annotated[str | None, typer.Option(
-        help="Study database shared by workers, e.g. postgresql://user@host/db "
-             "(default: SQLite in the run directory).")] = None,
-    worker: Annotated[bool, typer.Option(
-        help="Only run trials of the shared --storage study; publish nothing.")] = False,
-    ray: Annotated[str | None, typer.Option(
-        "--ray", help="Run trials on this Ray cluster (ADDRESS, e.g. 127.0.0.1:6379).")] = None,
-    max_trials: Annotated[int | None, typer.Option(
-        help="Stop the search after this many trials (default: only the budget).")] = None,
-    candidates: Annotated[list[str] | None, typer.Option(
-        "--candidates", help="Only these candidates (glob over names, e.g. 'mobilenet_v2/*'; "
-                             "repeatable).")] = None,
-    profile: Annotated[bool, typer.Option(
-        help="Profile training: torch.profiler window, advice, RUN/profile/report.html.")]
-    = False,
-    auto_tune: Annotated[bool, typer.Option(
-        help="Tune the image input pipeline on this data first (docs/profile.md).")] = False,
-) -> None:
-    """Search models within --budget (baselines, then pruned fine-tuning trials), evaluate,
-    publish the best. --epochs N instead trains one fixed MobileNetV2 recipe (no search)."""
+def _train(values: dict[str, Any]) -> None:
     # Ctrl-C / SIGINT stops cleanly and leaves a resumable run, even when we were started from
     # a non-interactive shell's background job, which starts children with SIGINT ignored (the
     # web app stops its training jobs with SIGINT).
-    values = dict(locals())
-    values["json"] = values.pop("as_json")
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from ._search.command import train_command
+    from ._cli_train import train_command
 
     train_command(values, COMMAND_STARTED)
+
+
+app.command()(command_from(
+    TRAIN, _train, "train",
+    """Search models within --budget (baselines, then pruned fine-tuning trials), evaluate,
+    publish the best. --epochs N instead trains one fixed MobileNetV2 recipe (no search)."""))
 
 
 @app.command()
@@ -154,73 +114,41 @@ def demo(
         _fail(exc)
 
 
-@app.command()
-def optimize(
-    model_dir: Annotated[Path, typer.Argument(
-        help="REPO/<model> (its latest version) or REPO/<model>/<version>.")],
-    target: Annotated[str, typer.Option(help="Hardware to optimize for (cpu).")] = "cpu",
-    max_accuracy_drop: Annotated[float, typer.Option(
-        help="Largest val top-1 drop, in points, a lower precision may cost.")] = 1.0,
-    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds.", min=1)] = 5,
-    iters: Annotated[int, typer.Option(help="Timed calls per candidate, batch and round.",
-                                       min=1)] = 5,
-    include_compile: Annotated[bool, typer.Option(
-        help="Also measure torch.compile (slow to compile).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object.")] = False,
-) -> None:
-    """Measure graph passes, INT8 and engines; publish the fastest that keeps accuracy."""
+def _optimize(values: dict[str, Any]) -> None:
     from ._optimize import optimize as run_optimize
     from ._optimize.report import print_report
 
-    console = err_console if as_json else Console()
+    console = err_console if values["json"] else Console()
     try:
-        result = run_optimize(model_dir, target=target, max_accuracy_drop=max_accuracy_drop,
-                              rounds=rounds, iters=iters, include_compile=include_compile,
+        result = run_optimize(values["model_dir"], max_accuracy_drop=values["max_accuracy_drop"],
+                              rounds=values["rounds"], iters=values["iters"],
+                              include_compile=values["include_compile"],
                               say=lambda msg: console.print(f"[dim]{msg}[/]"))
     except MintError as exc:
         _fail(exc)
         return
     print_report(result.report, console)
-    if as_json:
+    if values["json"]:
         _emit_json(result.to_json())
 
 
-@app.command("app")
-def web_app(
-    data_dir: Annotated[Path | None, typer.Option(help="Where projects, uploads, runs, models "
-                                                  "and the SQLite database live "
-                                                  "(default ~/.modelmint).")] = None,
-    database: Annotated[str | None, typer.Option(
-        help="SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in --data-dir).")]
-    = None,
-    host: Annotated[str, typer.Option(
-        help="Address to bind; anything but loopback requires the access token.")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port of the app.")] = 8080,
-    serve_url: Annotated[str | None, typer.Option(
-        help="Use this running `mint serve DATA_DIR/serving` instead of starting one.")] = None,
-    upload_max_bytes: Annotated[int, typer.Option(help="Largest single upload, bytes.")]
-    = 2 * 1024**3,
-    zip_max_entries: Annotated[int, typer.Option(help="Most entries in one zip.")] = 100_000,
-    zip_max_uncompressed: Annotated[int, typer.Option(
-        help="Largest total uncompressed size of one zip, bytes.")] = 10 * 1024**3,
-    zip_max_ratio: Annotated[float, typer.Option(
-        help="Largest compression ratio of a zip or an entry (zip bomb guard).")] = 100.0,
-) -> None:
-    """The web app: projects, upload and label data, train, evaluate, deploy, try, SDK."""
+app.command()(command_from(
+    OPTIMIZE, _optimize, "optimize",
+    "Measure graph passes, INT8 and engines; publish the fastest that keeps accuracy."))
+
+
+def _web_app(values: dict[str, Any]) -> None:
     from ._app import AppSettings, run_app
 
-    settings = AppSettings(host=host, port=port, database=database, serve_url=serve_url,
-                           upload_max_bytes=upload_max_bytes, zip_max_entries=zip_max_entries,
-                           zip_max_uncompressed=zip_max_uncompressed,
-                           zip_max_ratio=zip_max_ratio)
-    if data_dir is not None:
-        settings.data_dir = data_dir
     try:
-        run_app(settings, Console())
+        run_app(AppSettings(**values), Console())
     except MintError as exc:
         _fail(exc)
 
+
+app.command("app")(command_from(
+    APP, _web_app, "app",
+    "The web app: projects, upload and label data, train, evaluate, deploy, try, SDK."))
 
 
 @app.command("profile")

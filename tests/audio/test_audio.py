@@ -200,7 +200,7 @@ def test_cnn_candidate_trains_within_its_deadline_and_exports(three_digits: Any,
     started = time.monotonic()
     fitted = SpectrogramCNNCandidate().fit(three_digits, None, started + 4.0, tmp_path / "t")
     assert time.monotonic() - started < 30  # the deadline, plus the last epoch and features
-    assert fitted.val_probabilities().shape == (len(three_digits.val), 3)
+    assert fitted.val_predictions().shape == (len(three_digits.val), 3)
     fitted.export(tmp_path)  # raises unless ONNX agrees with torch
     assert (tmp_path / "model.onnx").is_file()
     assert one_cycle(1.0, 0.3) == pytest.approx(1.0, abs=1e-5) and one_cycle(1.0, 1.0) < 1e-3
@@ -235,5 +235,5 @@ def test_segment_features_ignore_leading_silence_and_the_mlp_exports(
 
     started = time.monotonic()
     fitted = SegmentMLPCandidate().fit(three_digits, None, started + 3.0, tmp_path / "t")
-    assert fitted.val_probabilities().shape == (len(three_digits.val), 3)
+    assert fitted.val_predictions().shape == (len(three_digits.val), 3)
     fitted.export(tmp_path)  # raises unless ONNX agrees with torch

@@ -12,7 +12,7 @@ from torch import nn
 from modelmint._data.preprocess import ImageSpec
 from modelmint._optimize import REPORT_FILE, optimize
 from modelmint._repository import METADATA_FILE, ONNX_FILE, ModelMetadata, ModelRepository
-from modelmint._train.package import publish_model
+from modelmint._search.publish import publish_classifier
 from modelmint.errors import InvalidInput
 
 SPEC = ImageSpec(resize=40, crop=32)
@@ -42,7 +42,7 @@ def tiny_repo(tmp_path: Path, hymenoptera: Path) -> Path:
                          preprocessing=SPEC, metrics={"val_accuracy": 0.5},
                          provenance={"data_root": str(hymenoptera), "split": split})
     repo = tmp_path / "models"
-    publish_model(ModelRepository(repo), Tiny().eval(), meta)
+    publish_classifier(ModelRepository(repo), Tiny().eval(), meta)
     return repo
 
 

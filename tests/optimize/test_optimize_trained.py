@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from modelmint._data.preprocess import preprocess
 from modelmint._optimize.select import MIN_AGREEMENT
 from modelmint._repository import ONNX_FILE, ModelRepository
+from modelmint._search.run import TrainResult
 from modelmint._serve.dataplane import DataPlane
 from modelmint._serve.types import InferInput, InferRequest, RequestedOutput
-from modelmint._train import TrainResult
 from modelmint.cli import app
 
 pytestmark = pytest.mark.slow

@@ -14,15 +14,15 @@ import torch
 from test_partition_ops import soft_clip
 from torch import nn
 
-from modelmint._optimize import partition_op
 from modelmint._optimize.partition import partition
 from modelmint._optimize.partition_compile import (
     PartitionedProgram,
     export_program,
-    load_program,
     onnx_exportable,
     partition_model,
 )
+from modelmint._serve import partitioned as program_format
+from modelmint._serve.partitioned import load_program
 
 TOLERANCE = 1e-4
 
@@ -91,18 +91,20 @@ def test_saved_program_reloads_in_a_process_without_the_model_class(
     torch.save(x, tmp_path / "x.pt")
     with torch.inference_mode():
         torch.save(model(x), tmp_path / "expected.pt")
-    # Only the op library is imported (as a server loads kernels); ClipNet never is.
+    # Only the op library and the server's loader are imported (as a server loads kernels);
+    # ClipNet never is, nor the compiler.
     script = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import test_partition_ops
-        from modelmint._optimize.partition_compile import load_program
+        from modelmint._serve.partitioned import load_program
         module = load_program(__import__("pathlib").Path({str(tmp_path / "model.pt2")!r}))
         x = torch.load({str(tmp_path / "x.pt")!r})
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         with torch.inference_mode():
             diff = (module(x) - expected).abs().max().item()
         assert "test_partition_compile" not in sys.modules
+        assert not [m for m in sys.modules if m.startswith("modelmint._optimize")]
         mods = list(sys.modules.values())
         assert not any("ClipNet" in getattr(m, "__dict__", {{}}) for m in mods)
         print("DIFF", diff)
@@ -122,10 +124,10 @@ def test_same_program_loaded_here_matches(partitioned: PartitionedProgram,
     with torch.inference_mode():
         diff = (module(x) - model(x)).abs().max().item()
     assert diff <= TOLERANCE
-    keys = partition_op.keys_in(module)
-    assert len(keys) == 2 and all(k in partition_op._sessions for k in keys)
-    partition_op.release(keys)  # what the server does on unload; the next call re-creates
-    assert not any(k in partition_op._sessions for k in keys)
+    keys = program_format.keys_in(module)
+    assert len(keys) == 2 and all(k in program_format._sessions for k in keys)
+    program_format.release(keys)  # what the server does on unload; the next call re-creates
+    assert not any(k in program_format._sessions for k in keys)
     with torch.inference_mode():
         assert (module(x) - model(x)).abs().max().item() <= TOLERANCE
 

@@ -1,6 +1,6 @@
 """Property tests of the engine-partitioning algorithm on random DAGs (hypothesis).
 
-The checks here are written independently of the module's own acyclicity helper: a DFS over
+The checks here are written independently of the module's own acyclicity check: a DFS over
 the contracted graph, convexity by reachability, and pairwise-merge maximality.
 """
 

@@ -27,8 +27,8 @@ from modelmint._optimize.partition_compile import (
     publish_partitioned,
 )
 from modelmint._repository import METADATA_FILE, ModelMetadata, ModelRepository
+from modelmint._search.publish import publish_classifier
 from modelmint._serve.torch_runner import TORCH_PARTITIONED
-from modelmint._train.package import publish_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera"
 LABELS = ["ants", "bees"]
@@ -63,7 +63,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_classifier()
     meta = ModelMetadata(name="tiny", labels=list(LABELS), architecture="tiny-cnn",
                          preprocessing=ImageSpec())
-    publish_model(ModelRepository(root), model, meta)
+    publish_classifier(ModelRepository(root), model, meta)
     part = partition_model(model, torch.randn(2, 3, 224, 224), no_pooling(), min_size=1)
     assert part.torch_ops == {"adaptive_avg_pool2d.default": 1}
     publish_partitioned(ModelRepository(root), meta, part, {"partitioned_from": 1})

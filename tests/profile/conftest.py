@@ -9,14 +9,21 @@ import pytest
 
 from modelmint._profile import StepTracer
 from modelmint._profile.workload import Workload, WorkloadConfig
+from modelmint._train.backbone import MOBILENET_V2, weights_path
 
 SMALL = WorkloadConfig(batch_size=8, image_limit=32)
 STEPS = 3
 
 
 @pytest.fixture(scope="session")
-def small_workload(hymenoptera: Path) -> Iterator[Workload]:
-    workload = Workload(hymenoptera, SMALL)
+def backbone_weights() -> Path:
+    """The ImageNet MobileNetV2 weights the trainer installs: the workload starts from them."""
+    return weights_path(MOBILENET_V2)
+
+
+@pytest.fixture(scope="session")
+def small_workload(hymenoptera: Path, backbone_weights: Path) -> Iterator[Workload]:
+    workload = Workload(hymenoptera, SMALL, backbone_weights=backbone_weights)
     yield workload
     workload.close()
 

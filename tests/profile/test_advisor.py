@@ -98,12 +98,13 @@ def test_full_output_buffer_while_waiting_blames_the_device_copy() -> None:
     assert analysis.input_bound and analysis.bottleneck_stage == "to-device"
 
 
-def test_advised_tensor_transforms_batch_the_colour_work(hymenoptera: Path, tmp_path: Path
-                                                         ) -> None:
+def test_advised_tensor_transforms_batch_the_colour_work(hymenoptera: Path, tmp_path: Path,
+                                                         backbone_weights: Path) -> None:
     """The python-transforms advice applied: per-sample work is a crop and a flip, the colour
     work is timed as the batch stage, each stage once, and the advice is not repeated."""
     workload = Workload(hymenoptera, WorkloadConfig(
-        batch_size=8, image_limit=32, tensor_transforms=True, cache_decoded=True))
+        batch_size=8, image_limit=32, tensor_transforms=True, cache_decoded=True),
+        backbone_weights=backbone_weights)
     try:
         x, _ = workload.sample_batches(1)[0]
         assert x.shape == (8, 3, 224, 224) and x.dtype == torch.float32

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelmint._profile.trace import PARTS
-from modelmint._train import TrainResult
+from modelmint._search.run import TrainResult
 from modelmint.cli import app
 
 
@@ -33,7 +33,7 @@ def test_mint_profile_on_a_folder_without_a_profile_is_a_clear_error(tmp_path: P
 
 @pytest.mark.slow
 def test_mint_train_writes_its_step_trace(trained: TrainResult) -> None:
-    profile = Path(trained.run_dir) / "profile"
+    profile = Path(trained.run_dir) / "trials" / "000" / "profile"
     steps = [json.loads(line) for line in (profile / "steps.jsonl").read_text().splitlines()]
     if trained.epochs == 0:
         pytest.skip("the training budget ran out before the first epoch (a loaded machine)")

@@ -18,10 +18,11 @@ GRAD_TOL = 1e-3  # relative to the gradient's scale
 CACHE_RTOL = 1e-5  # activations, relative to the largest one (fused vs unfused FP32 kernels)
 
 
-def test_onnxruntime_prefix_trains_like_eager_pytorch(hymenoptera: Path, tmp_path: Path
-                                                     ) -> None:
-    eager = Workload(hymenoptera, SMALL)
-    fast = Workload(hymenoptera, WorkloadConfig(**{**SMALL.__dict__, "frozen_onnxruntime": True}))
+def test_onnxruntime_prefix_trains_like_eager_pytorch(hymenoptera: Path, tmp_path: Path,
+                                                     backbone_weights: Path) -> None:
+    eager = Workload(hymenoptera, SMALL, backbone_weights=backbone_weights)
+    fast = Workload(hymenoptera, WorkloadConfig(**{**SMALL.__dict__, "frozen_onnxruntime": True}),
+                    backbone_weights=backbone_weights)
     assert isinstance(fast.model.features[0], OnnxFrozenPrefix)
     x, y = eager.sample_batches(1)[0]
     for w in (eager, fast):
@@ -82,14 +83,15 @@ def test_activation_cache_from_onnxruntime_equals_eager_pytorch(hymenoptera: Pat
         assert float(error) < CACHE_RTOL, backbone.name
 
 
-def test_autotune_tries_nothing_past_its_deadline(hymenoptera: Path) -> None:
+def test_autotune_tries_nothing_past_its_deadline(hymenoptera: Path,
+                                                  backbone_weights: Path) -> None:
     import time
 
     from modelmint._profile.autotune import TuneSettings, autotune
 
     lines: list[str] = []
     result = autotune(hymenoptera, SMALL, TuneSettings(rounds=1, steps=1), log=lines.append,
-                      deadline=time.monotonic())
+                      deadline=time.monotonic(), backbone_weights=backbone_weights)
     # the baseline was profiled and its advice ranked, but no change was started
     assert result.diagnosis["advice"]
     assert [t.reason for t in result.trials] == ["out of time"]

@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from modelmint._data.dataset import TaskData
-from modelmint._search.report import build_report, pr_curve, reject_effect, render_html
+from modelmint._search.report import build_report, render_html
+from modelmint._tasks.classification import reject_effect
+from modelmint._tasks.registry import get_task
+from modelmint._train.evaluate import pr_curve
 
 
 def test_pr_curve_perfect_and_random() -> None:
@@ -36,14 +39,16 @@ def test_report_json_and_self_contained_html(tmp_path: Path) -> None:
                     reject_label="other")
     probs = rng.dirichlet(np.ones(4), size=20)
     board = {"notes": ["fine-tuning beat the frozen baseline"], "budget": 60, "trials": [{}]}
-    report = build_report(data, probs, {"trial": 3, "candidate": "x/finetune"}, board)
+    task = get_task("image-classification")
+    report = build_report(task, data, task.evaluate(data, probs),
+                          {"trial": 3, "candidate": "x/finetune"}, board)
     ev = report["evaluation"]
     assert set(ev["top_k"]) == {"top1", "top2", "top3", "top4"} and ev["top_k"]["top4"] == 1.0
     assert ev["top_k"]["top1"] == ev["accuracy"]
     assert set(ev["pr_curves"]) == set(labels)
     assert report["indicative_only"] and "indicative only" in report["warnings"][0]
-    assert report["split"] == "held-out speakers" and "reject" in report
-    page = render_html(report, "demo <report>")
+    assert report["split"] == "held-out speakers" and "reject" in ev
+    page = render_html(report, "demo <report>", task)
     assert page.startswith("<!doctype html>") and "<svg" in page and "&lt;report&gt;" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page and "<script" not in page

@@ -9,6 +9,7 @@ import pytest
 
 from modelmint._data.dataset import TaskData
 from modelmint._data.layout import add_reject_class, split_items
+from modelmint._tasks.contract import LoadOptions
 from modelmint._tasks.registry import detect_task, load_task_data
 from modelmint.errors import DataError
 
@@ -82,17 +83,30 @@ def test_reject_dir_adds_an_other_class_split_on_both_sides(tmp_path: Path) -> N
 
 
 def test_detect_task(tmp_path: Path, hymenoptera: Path) -> None:
-    assert detect_task(hymenoptera) == "image-classification"
+    assert detect_task(hymenoptera).name == "image-classification"
     if DIGITS.is_dir():
-        assert detect_task(DIGITS) == "audio-classification"
+        assert detect_task(DIGITS).name == "audio-classification"
     tsv = tmp_path / "t.tsv"
     tsv.write_text("label\ttext\nham\thi\n")
-    assert detect_task(tsv) == "text-classification"
+    assert detect_task(tsv).name == "text-classification"
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(DataError, match=r"must be \.tsv or \.csv"):
+    with pytest.raises(DataError, match=r"x\.json: found no data of a known task.*\.tsv or "
+                                        r"\.csv file"):
         detect_task(tmp_path / "x.json")
-    with pytest.raises(DataError, match="no image"):
-        detect_task(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"found no data.*class folders of images"):
+        detect_task(tmp_path / "empty")
+    with pytest.raises(DataError, match="no such data folder"):
+        detect_task(tmp_path / "missing")
+
+
+def test_options_a_task_does_not_honour_are_refused(tmp_path: Path, hymenoptera: Path) -> None:
+    with pytest.raises(DataError, match="--label-column do not apply to image-classification"):
+        load_task_data(hymenoptera, LoadOptions(label_column="label"))
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("label\ttext\n" + "".join(f"{'ab'[i % 2]}\ttext {i}\n" for i in range(20)))
+    with pytest.raises(DataError, match="--reject-dir do not apply to text-classification"):
+        load_task_data(tsv, LoadOptions(reject_dir=str(tmp_path)))
 
 
 def test_image_data_grouped_and_with_reject(tmp_path: Path, hymenoptera: Path) -> None:
@@ -106,7 +120,8 @@ def test_image_data_grouped_and_with_reject(tmp_path: Path, hymenoptera: Path) -
     reject.mkdir()
     for f in sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:6]:
         (reject / f.name).symlink_to(f)
-    data = load_task_data(root, seed=0, group_by=r"(\w)\.jpg$", reject_dir=reject)
+    data = load_task_data(root, LoadOptions(seed=0, group_by=r"(\w)\.jpg$",
+                                            reject_dir=str(reject)))
     assert data.task == "image-classification" and data.labels == ["ants", "bees", "other"]
     known = [(i, y) for i, y in data.train + data.val if y < 2]
     train_groups = {data.groups[i] for i, y in data.train if y < 2}

@@ -24,9 +24,9 @@ from torch import nn
 from live_server import full_server
 from modelmint._data.preprocess import ImageSpec, preprocess
 from modelmint._repository import ONNX_FILE, ModelMetadata, ModelRepository
+from modelmint._search.publish import publish_classifier
 from modelmint._serve import DataPlane, create_app
 from modelmint._serve.server import ModelServer, bind_socket
-from modelmint._train.package import publish_model
 
 # Same location rule as tests/conftest.py: shared/ sits beside the repository checkout.
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera"
@@ -55,7 +55,7 @@ def publish_tiny(root: Path, name: str = "tiny", seed: int = 0) -> Path:
     meta = ModelMetadata(name=name, labels=list(LABELS), architecture="tiny-cnn",
                          preprocessing=ImageSpec())
     warmup = [sample_paths()[0].read_bytes()]
-    ref = publish_model(repo, tiny_classifier(seed), meta, {}, warmup)
+    ref = publish_classifier(repo, tiny_classifier(seed), meta, {}, warmup)
     return ref.path
 
 

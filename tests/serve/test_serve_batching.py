@@ -1,8 +1,9 @@
 """Dynamic batching: zero added latency when idle, batches under bursts, outputs back to the right
 request, bounded queue, timeouts, failures, close and cancellation.
 
-The "model" is real NumPy code (a fixed function of each row), so a mix-up in how outputs are
-split back per request shows as a wrong value. Requests are rows ``[request id, row index]``.
+The "model" is real NumPy code (a fixed function of each row) with three outputs of different
+dtypes and trailing shapes, as a detector's, so a mix-up in how outputs are split back per
+request shows as a wrong value. Requests are rows ``[request id, row index]``.
 Ordering-sensitive tests hold the first execution at a gate (an asyncio.Event) while the queue
 fills, so they do not depend on timing; the few timing checks have margins of seconds.
 """
@@ -42,8 +43,10 @@ def rows(request_id: int, n: int) -> np.ndarray:
     return np.array([[request_id, i] for i in range(n)], dtype=np.float64)
 
 
-def expected(batch: np.ndarray) -> np.ndarray:
-    return np.stack([batch[:, 0] * 2 + 1, batch[:, 1] - 3], axis=1)
+def expected(batch: np.ndarray) -> dict[str, np.ndarray]:
+    return {"y": np.stack([batch[:, 0] * 2 + 1, batch[:, 1] - 3], axis=1),  # [N, 2]
+            "id": batch[:, 0].astype(np.int32),  # [N]
+            "boxes": np.repeat(batch[:, None, :] * 10, 3, axis=1).astype(np.float32)}  # [N, 3, 2]
 
 
 class Model:
@@ -58,7 +61,7 @@ class Model:
         if not gate:
             self.gate.set()
 
-    async def __call__(self, batch: np.ndarray) -> np.ndarray:
+    async def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.sizes.append(len(batch))
         await self.gate.wait()
         if self.fail_id is not None and self.fail_id in batch[:, 0]:
@@ -92,8 +95,12 @@ async def queue(batcher: DynamicBatcher, sizes: list[int]) -> list[asyncio.Task[
 
 
 def check(result: Any, request_id: int, n: int) -> dict[str, float]:
-    output, timings = result
-    np.testing.assert_array_equal(output, expected(rows(request_id, n)))
+    outputs, timings = result
+    want = expected(rows(request_id, n))
+    assert sorted(outputs) == sorted(want)
+    for name, value in want.items():
+        assert outputs[name].dtype == value.dtype
+        np.testing.assert_array_equal(outputs[name], value)
     assert set(timings) == {"queue_s", "compute_s", "batch_size"}
     return dict(timings)
 
@@ -263,12 +270,15 @@ async def test_a_failed_execution_fails_every_request_in_it() -> None:
     check(await batcher.submit(rows(4, 1)), 4, 1)  # the batcher keeps working
 
 
-async def test_a_wrong_output_shape_is_an_error_not_a_mixup() -> None:
-    async def bad_run(batch: np.ndarray) -> np.ndarray:
-        return expected(batch)[:-1]
+@pytest.mark.parametrize("short", ["y", "id", "boxes"])
+async def test_a_wrong_output_shape_is_an_error_not_a_mixup(short: str) -> None:
+    async def bad_run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = expected(batch)
+        outputs[short] = outputs[short][:-1]
+        return outputs
 
     batcher = DynamicBatcher(bad_run, BatchingConfig(), "m")
-    with pytest.raises(errors.RepositoryError, match="batch of 3 rows"):
+    with pytest.raises(errors.RepositoryError, match=f"output '{short}'.*batch of 3 rows"):
         await batcher.submit(rows(1, 3))
 
 
@@ -396,13 +406,13 @@ def test_full_queue_answers_503_with_retry_after_through_the_real_server(
 
     from modelmint._data.preprocess import ImageSpec
     from modelmint._repository import ModelMetadata, ModelRepository
-    from modelmint._train.package import publish_model
+    from modelmint._search.publish import publish_classifier
 
     slow = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(128, 2))
     meta = ModelMetadata(name="slow", labels=["a", "b"], architecture="slow-cnn",
                          preprocessing=ImageSpec())
-    publish_model(ModelRepository(tmp_path), slow, meta)
+    publish_classifier(ModelRepository(tmp_path), slow, meta)
     (tmp_path / "slow" / "config.json").write_text(json.dumps({"dynamic_batching": {
         "max_batch_size": 4, "max_queue_size": 1}}))
     batch = np.zeros((4, 3, 224, 224), np.float32)

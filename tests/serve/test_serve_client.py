@@ -1,17 +1,45 @@
 """``modelmint._client.predict`` over a server and in-process give the same answers, and one bad
-file never fails the others."""
+file never fails the others; a model that takes tensors only gets ``.npy`` files and gives back
+every output tensor."""
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
+from starlette.applications import Starlette
 
-from modelmint._client import Prediction, find_images, predict, print_predictions
+from modelmint._client import (
+    Prediction,
+    TensorPrediction,
+    find_images,
+    predict,
+    predict_files,
+    print_predictions,
+)
+from modelmint._repository import (
+    METADATA_FILE,
+    ONNX_FILE,
+    WARMUP_DIR,
+    ModelMetadata,
+    ModelRepository,
+    TensorInputSpec,
+    TensorSpec,
+)
+from modelmint._repository.metadata import OPSET
+from modelmint._serve import create_app
+from modelmint._serve.v2client import warmup_request
+from modelmint._tensor_names import TENSOR_INPUT
 from modelmint.errors import InvalidInput, NotFound
 
 LABELS = ["ants", "bees"]
@@ -112,3 +140,110 @@ def test_print_predictions() -> None:
     text = console.export_text()
     assert "a/ant[1].jpg" in text and "0.910" in text and "bees 0.090" in text
     assert "not a decodable image" in text
+
+
+# --- a model that takes tensors only: .npy files in, every output tensor out ---------------
+
+TENSOR_OUTPUTS = [TensorSpec("prediction", "FP32", [-1, 2]), TensorSpec("winner", "INT64", [-1])]
+WEIGHTS = np.random.default_rng(3).standard_normal((4, 2)).astype(np.float32)
+
+
+def regression_graph() -> onnx.ModelProto:
+    """``input`` FP32 [batch, 4] -> ``prediction`` = input @ W [batch, 2] and its argmax."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [TENSOR_INPUT, "w"], ["prediction"]),
+         helper.make_node("ArgMax", ["prediction"], ["winner"], axis=1, keepdims=0)],
+        "regress", [helper.make_tensor_value_info(TENSOR_INPUT, TensorProto.FLOAT,
+                                                  ["batch", 4])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("winner", TensorProto.INT64, ["batch"])],
+        [numpy_helper.from_array(WEIGHTS, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def tensor_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tensor-repo")
+    meta = ModelMetadata(name="regress", labels=[], architecture="matmul", task="regression",
+                         preprocessing=TensorInputSpec(shape=[4]), outputs=TENSOR_OUTPUTS)
+
+    def write(tmp: Path, version: int) -> None:
+        onnx.save(regression_graph(), tmp / ONNX_FILE)
+        meta.version = version
+        (tmp / METADATA_FILE).write_text(json.dumps(meta.to_json()))
+        (tmp / WARMUP_DIR).mkdir()
+        request = warmup_request(TENSOR_INPUT, np.ones((1, 4), np.float32))
+        (tmp / WARMUP_DIR / "request-000.json").write_text(json.dumps(request))
+
+    ModelRepository(root).publish("regress", write)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tensor_url(tensor_repo: Path,
+               serve_app: Callable[[Starlette], AbstractContextManager[str]]) -> Iterator[str]:
+    with serve_app(create_app(tensor_repo)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One item, a batch (float64: converted), a wrong shape, a non-array and a stray file."""
+    root = tmp_path_factory.mktemp("arrays")
+    rng = np.random.default_rng(4)
+    np.save(root / "a_item.npy", rng.standard_normal(4).astype(np.float32))
+    np.save(root / "b_batch.npy", rng.standard_normal((3, 4)))
+    np.save(root / "c_wrong.npy", np.zeros((2, 5), np.float32))
+    (root / "d_fake.npy").write_bytes(b"not numpy")
+    (root / "notes.txt").write_text("skipped")
+    return root
+
+
+def test_tensor_model_outputs_per_npy_file(tensor_url: str, tensor_repo: Path,
+                                           arrays: Path) -> None:
+    over_http = predict_files([arrays, arrays / "gone.npy"], "regress", url=tensor_url)
+    local = predict_files([arrays], "regress", repo=tensor_repo)
+    assert all(isinstance(p, TensorPrediction) for p in [*over_http, *local])
+    assert [Path(p.file).name for p in over_http] == [
+        "gone.npy", "a_item.npy", "b_batch.npy", "c_wrong.npy", "d_fake.npy"]
+    assert [p.to_json() for p in over_http[1:]] == [p.to_json() for p in local]
+    gone, item, batch, wrong, fake = over_http
+    assert gone.error == "no such file or directory"
+    assert wrong.error is not None and "[2, 5]" in wrong.error and "[4]" in wrong.error
+    assert fake.error is not None and "not a .npy array" in fake.error
+
+    x = np.load(arrays / "a_item.npy")
+    assert item.error is None and set(item.outputs) == {"prediction", "winner"}
+    np.testing.assert_allclose(item.outputs["prediction"], x @ WEIGHTS, rtol=1e-5)
+    assert item.outputs["prediction"].shape == (2,)  # one item: no batch axis
+    assert item.outputs["winner"].tolist() == int(np.argmax(x @ WEIGHTS))
+    rows = np.load(arrays / "b_batch.npy").astype(np.float32)
+    np.testing.assert_allclose(batch.outputs["prediction"], rows @ WEIGHTS, rtol=1e-5)
+    assert batch.outputs["winner"].dtype == np.int64 and batch.outputs["winner"].shape == (3,)
+    doc = batch.to_json()
+    assert set(doc) == {"file", "outputs"} and len(doc["outputs"]["prediction"]) == 3
+    assert doc["outputs"]["winner"] == np.argmax(rows @ WEIGHTS, axis=1).tolist()
+
+
+def test_classifier_files_still_get_labels(folder: Path, server_url: str) -> None:
+    via_signature = predict_files([folder], "tiny", url=server_url, top_k=2)
+    assert [p.to_json() for p in via_signature] == [
+        p.to_json() for p in predict([folder], "tiny", url=server_url, top_k=2)]
+
+
+def test_mint_predict_npy_json_and_table(tensor_url: str, arrays: Path) -> None:
+    command = [sys.executable, "-m", "modelmint.cli", "predict", str(arrays / "a_item.npy"),
+               "--model", "regress", "--url", f"http://{tensor_url}"]
+    proc = subprocess.run([*command, "--json"], capture_output=True, text=True, check=True,
+                          timeout=120)
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    x = np.load(arrays / "a_item.npy")
+    assert row["file"] == str(arrays / "a_item.npy")
+    np.testing.assert_allclose(row["outputs"]["prediction"], x @ WEIGHTS, rtol=1e-5)
+    console = Console(record=True, width=160)
+    print_predictions(predict_files([arrays], "regress", url=tensor_url), console)
+    text = console.export_text()
+    assert "prediction" in text and "winner" in text and "[3, 2]" in text
+    assert "not a .npy array" in text

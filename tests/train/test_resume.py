@@ -68,7 +68,7 @@ def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Pat
     base = tmp_path / "cut"
     proc = subprocess.Popen(train_cmd(subset, base), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    log = base / "runs" / "sub-1" / "log.jsonl"
+    log = base / "runs" / "sub-1" / "trials" / "000" / "log.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if log.exists() and '"stage": "finetune"' in log.read_text():
@@ -81,7 +81,7 @@ def test_interrupt_then_resume_matches_uninterrupted(subset: Path, tmp_path: Pat
     assert "mint train --resume" in err
     run_dir = base / "runs" / "sub-1"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
-    assert (run_dir / "checkpoint.pt").exists()
+    assert (run_dir / "trials" / "000" / "checkpoint.pt").exists()
     assert not (base / "models" / "sub").exists() or not any((base / "models" / "sub").iterdir())
 
     resumed = subprocess.run(mint("train", "--resume", str(run_dir), "--json"),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from modelmint._data.preprocess import preprocess
 from modelmint._repository import ModelMetadata, ModelRepository
-from modelmint._train import TrainResult
+from modelmint._search.run import TrainResult
 from modelmint._train.backbone import MOBILENET_V2, build
 
 
@@ -42,7 +42,7 @@ def test_version_directory_is_complete(trained: TrainResult, trained_repo: Path)
     assert len(prov["split"]["train"]) == 245 and len(prov["split"]["val"]) == 153
     assert len(prov["data_fingerprint"]) == 64 and prov["backbone"]["name"] == "mobilenet_v2"
     run = Path(trained.run_dir)
-    assert (run / "split" / "val.txt").read_text().count("\n") == 153
+    assert len(json.loads((run / "split.json").read_text())["val"]) == 153
     assert json.loads((run / "run.json").read_text())["status"] == "published"
 
 

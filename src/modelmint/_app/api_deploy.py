@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -11,37 +12,43 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from .._repository import ModelRepository
+from .._serve.v2client import bytes_request, request_json
+from .._settings import DEFAULT_MAX_REQUEST_BYTES
+from .._tensor_names import AUDIO_INPUT, IMAGE_INPUT, PROBABILITIES, TEXT_INPUT
 from ..errors import Conflict, InvalidInput, MintError, PayloadTooLarge
-from .context import AppContext, Ctx, get_project
+from .context import Ctx, get_project
 from .sdk import build_sdk
 
 router = APIRouter(prefix="/api", tags=["deployment"])
-TRY_MAX_BYTES = 16 * 1024 * 1024  # the server's default request limit
+TRY_MAX_BYTES = DEFAULT_MAX_REQUEST_BYTES  # what a default `mint serve` accepts
 
 
 class DeployRequest(BaseModel):
     version: int
 
 
-# Per task: the model's encoded input, an example file, and whether JSON carries it base64.
-_INPUTS = {"image": ("image", "my.jpg", True), "sound": ("audio", "my.wav", True),
-           "text": ("text", "", False)}
+# Per task: the model's encoded input and an example file (none: a text).
+_INPUTS = {"image": (IMAGE_INPUT, "my.jpg"), "sound": (AUDIO_INPUT, "my.wav"),
+           "text": (TEXT_INPUT, "")}
+_TOP_K = 3
 
 
-def _snippets(c: AppContext, slug: str, task: str) -> dict[str, str]:
-    url = c.serving.url
-    name, example, encoded = _INPUTS[task]
+def _snippets(url: str, slug: str, task: str) -> dict[str, str]:
+    """Ready-to-paste clients: curl with the V2 JSON body, and tritonclient."""
+    name, example = _INPUTS[task]
     host = url.split("://", 1)[-1]
-    outputs = ('"outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]')
     infer = f"curl -s {url}/v2/models/{slug}/infer -H 'Content-Type: application/json'"
-    if encoded:
-        curl = (f"(printf '{{\"inputs\": [{{\"name\": \"{name}\", \"datatype\": \"BYTES\", "
-                f"\"shape\": [1], \"data\": [\"'; base64 -w0 {example}; printf '\"]}}], "
-                f"{outputs}}}') > request.json\n{infer} -d @request.json")
+    if example:
+        # The body as the client module writes it, with the file's base64 spliced into its one
+        # data element by the shell.
+        empty = bytes_request(name, [b""], classification=_TOP_K)
+        head, tail = json.dumps(request_json(empty)).split('[""]')
+        curl = (f"(printf '%s' '{head}[\"'; base64 -w0 {example}; printf '%s' '\"]{tail}') "
+                f"> request.json\n{infer} -d @request.json")
         value = f'open("{example}", "rb").read()'
     else:
-        curl = (f"{infer} -d '{{\"inputs\": [{{\"name\": \"{name}\", \"datatype\": "
-                f"\"BYTES\", \"shape\": [1], \"data\": [\"some text\"]}}], {outputs}}}'")
+        text = bytes_request(name, [b"some text"], classification=_TOP_K)
+        curl = f"{infer} -d '{json.dumps(request_json(text))}'"
         value = '"some text".encode()'
     python = f"""import numpy as np
 import tritonclient.http as httpclient
@@ -49,9 +56,9 @@ import tritonclient.http as httpclient
 client = httpclient.InferenceServerClient("{host}")
 data = httpclient.InferInput("{name}", [1], "BYTES")
 data.set_data_from_numpy(np.array([{value}], dtype=object))
-top = httpclient.InferRequestedOutput("probabilities", class_count=3)
+top = httpclient.InferRequestedOutput("{PROBABILITIES}", class_count={_TOP_K})
 result = client.infer("{slug}", [data], outputs=[top])
-print(result.as_numpy("probabilities"))  # b"score:index:label" strings"""
+print(result.as_numpy("{PROBABILITIES}"))  # b"score:index:label" strings"""
     return {"curl": curl, "python": python}
 
 
@@ -110,7 +117,7 @@ def deployment(project_id: int, c: Ctx) -> dict[str, Any]:
     server = c.serving.status(project.slug) if project.deployed_version or current else None
     return {"deployed_version": project.deployed_version, "model": project.slug,
             "server_url": c.serving.url, "task": project.task, "progress": current or None,
-            "server": server, "snippets": _snippets(c, project.slug, project.task)}
+            "server": server, "snippets": _snippets(c.serving.url, project.slug, project.task)}
 
 
 @router.post("/projects/{project_id}/predict")

@@ -8,13 +8,13 @@ priority and switches over atomically, so a redeploy is a hot update without fai
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,11 +23,12 @@ from typing import Any
 import httpx
 
 from .._repository import CONFIG_FILE, ModelRepository
-from .._serve.codec import BASE64_INPUTS
+from .._serve.v2client import V2Client, bytes_request, classifications, encoded_input
 from ..errors import InvalidInput, MintError, ModelNotReady, NotFound
 from .settings import AppSettings
 
 READY_TIMEOUT_S = 60.0
+INFER_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -43,7 +44,9 @@ class Serving:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = (settings.serve_url or "").rstrip("/")
         self.grpc_url = ""
-        self.client = httpx.Client(timeout=120.0)
+        self.client = httpx.Client(timeout=INFER_TIMEOUT_S)
+        self.v2: V2Client | None = None  # made on first use: the URL is known after start()
+        self.v2_lock = threading.Lock()
 
     def start(self) -> None:
         if self.url:
@@ -76,6 +79,8 @@ class Serving:
                 self.proc.kill()
                 self.proc.wait()
         self.client.close()
+        if self.v2 is not None:
+            self.v2.close()
 
     # --- deploy ----------------------------------------------------------------------------
 
@@ -120,26 +125,21 @@ class Serving:
     # --- inference -------------------------------------------------------------------------
 
     def predict(self, slug: str, payload: bytes, top_k: int = 5) -> list[dict[str, Any]]:
-        meta = self._get(f"/v2/models/{slug}")
-        inputs = [i["name"] for i in meta.get("inputs", []) if i.get("datatype") == "BYTES"]
-        if not inputs:
-            raise InvalidInput(f"model {slug!r} takes no encoded input (BYTES) to try")
-        if inputs[0] in BASE64_INPUTS:  # images and sounds travel base64 in JSON
-            value = base64.b64encode(payload).decode()
-        else:  # text is a plain UTF-8 string
-            try:
-                value = payload.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"try it: the text is not UTF-8 ({exc})") from None
-        body = {"inputs": [{"name": inputs[0], "datatype": "BYTES", "shape": [1],
-                            "data": [value]}],
-                "outputs": [{"name": "probabilities", "parameters": {"classification": top_k}}]}
-        reply = self._post(f"/v2/models/{slug}/infer", body)
-        out = []
-        for entry in reply["outputs"][0]["data"]:
-            score, index, label = str(entry).split(":", 2)
-            out.append({"label": label, "index": int(index), "probability": float(score)})
-        return out
+        with self.v2_lock:  # requests run on a thread pool: make one client, not several
+            if self.v2 is None:
+                self.v2 = V2Client(self.url, timeout=INFER_TIMEOUT_S)
+            v2 = self.v2
+        try:
+            name = encoded_input(v2.model_metadata(slug))
+            if name is None:
+                raise InvalidInput(f"model {slug!r} takes no encoded input (BYTES) to try")
+            reply = v2.infer(slug, bytes_request(name, [payload], classification=top_k))
+        except InvalidInput as exc:  # the payload: not an image, sound or UTF-8 text
+            raise InvalidInput(f"try it: {exc}") from None
+        except MintError as exc:  # same class (HTTP status), said where it comes from
+            raise type(exc)(f"model server: {exc}") from None
+        return [{"label": label, "index": index, "probability": score}
+                for score, index, label in classifications(reply)[0]]
 
     def _get(self, path: str) -> Any:
         return self._check(self.client.get(self.url + path))

@@ -1,36 +1,33 @@
-"""Every setting of ``mint app``, declared once with its default and help (the CLI reads these)."""
+"""``mint app``'s settings: the command-line ones take their defaults from the ``app`` table
+(:data:`modelmint._settings.APP`), where their help lives too."""
 
 from __future__ import annotations
 
 import ipaddress
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-GIB = 1024**3
+from .._settings import APP, default
 
 
 @dataclass
 class AppSettings:
-    data_dir: Path = field(default_factory=lambda: Path.home() / ".modelmint", metadata={
-        "help": "Where projects, uploads, runs, models and the SQLite database live."})
-    database: str | None = field(default=None, metadata={
-        "help": "SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in --data-dir)."})
-    host: str = field(default="127.0.0.1", metadata={
-        "help": "Address to bind; anything but loopback requires the access token."})
-    port: int = field(default=8080, metadata={"help": "HTTP port of the app (0: any free port)."})
-    serve_url: str | None = field(default=None, metadata={
-        "help": "Use this running `mint serve DATA_DIR/serving` instead of starting one."})
-    upload_max_bytes: int = field(default=2 * GIB, metadata={
-        "help": "Largest single upload (a zip or a file), bytes."})
-    zip_max_entries: int = field(default=100_000, metadata={"help": "Most entries in one zip."})
-    zip_max_uncompressed: int = field(default=10 * GIB, metadata={
-        "help": "Largest total uncompressed size of one zip, bytes."})
-    zip_max_ratio: float = field(default=100.0, metadata={
-        "help": "Largest compression ratio (uncompressed / compressed) of a zip or an entry."})
-    python: str = field(default=sys.executable, metadata={
-        "help": "Interpreter that runs `mint train` / `mint serve` subprocesses."})
-    job_poll_s: float = field(default=1.0, metadata={"help": "How often jobs are checked."})
+    data_dir: Path = field(default_factory=lambda: Path(default(APP, "data_dir")))
+    database: str | None = default(APP, "database")
+    host: str = default(APP, "host")
+    port: int = default(APP, "port")
+    serve_url: str | None = default(APP, "serve_url")
+    upload_max_bytes: int = default(APP, "upload_max_bytes")
+    zip_max_entries: int = default(APP, "zip_max_entries")
+    zip_max_uncompressed: int = default(APP, "zip_max_uncompressed")
+    zip_max_ratio: float = default(APP, "zip_max_ratio")
+    # Not on the command line:
+    python: str = sys.executable  # runs the `mint train` / `mint serve` subprocesses
+    job_poll_s: float = 1.0  # how often running jobs are checked
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()  # the default is "~/.modelmint"
 
     @property
     def database_url(self) -> str:
@@ -73,9 +70,3 @@ class AppSettings:
                      self.jobs_dir):
             path.mkdir(parents=True, exist_ok=True)
 
-
-def help_of(name: str) -> str:
-    for f in fields(AppSettings):
-        if f.name == name:
-            return str(f.metadata["help"])
-    raise KeyError(name)

@@ -15,6 +15,8 @@ from .dataset import TaskData
 from .layout import DatasetLayout, Sample, discover, split_items
 from .preprocess import ImageSpec
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
 # Both image backbones resize the shorter side to 256 and crop 224; only mean/std differ, and
 # those are applied later (to_tensor), so one set of crops serves both.
 CROP_SPEC = ImageSpec(resize=256, crop=224)
@@ -61,5 +63,6 @@ def load_image_data(path: str | Path, *, seed: int = 0, group_by: str | None = N
         val=[(s.rel(root), labels.index(s.label)) for s in report.val],
         split_note=note, groups=groups,
         warnings=[*report.warnings, *(f"{i.path}: {i.reason}" for i in report.issues)],
-        extra={"report": report, "crops": report.crops, "skipped": report.skipped},
+        extra={"report": report, "crops": report.crops, "skipped": report.skipped,
+               "fingerprint": report.fingerprint},
     )

@@ -11,9 +11,13 @@ Steps (each a library of the field where one exists):
    initializers that ONNX Runtime can constant-fold and fuse), exported with
    ``torch.onnx.export(dynamo=True)``; a group whose export fails stays in torch (the report
    says so).
-4. Each group is replaced by one ``modelmint::onnx_subgraph`` call (:mod:`.partition_op`)
-   whose ONNX bytes are a uint8 constant of the graph, and the graph is exported again: the
-   result, saved with ``torch.export.save``, loads with ``torch.export.load`` alone.
+4. Each group is replaced by one ``modelmint::onnx_subgraph`` call
+   (:mod:`modelmint._serve.partitioned`, the format the server loads) whose ONNX bytes are a
+   uint8 constant of the graph, and the graph is exported again: the result, saved with
+   ``torch.export.save``, loads with ``torch.export.load`` alone.
+
+Importing this module gives the operator its fake (shape) implementation: the group's own torch
+code, known only while its program is being built.
 """
 
 from __future__ import annotations
@@ -35,14 +39,29 @@ from torch import fx, nn
 from torch.export import Dim, ExportedProgram
 from torch.fx.passes.tools_common import legalize_graph
 
+from .._profile._torch_private import onnx_translates
 from .._repository import METADATA_FILE, ModelMetadata, ModelRepository, VersionRef
+from .._serve.partitioned import OP_NAME, key_of, onnx_subgraph
 from .._serve.torch_runner import PROGRAM_FILE, TORCH_PARTITIONED
 from ..errors import RepositoryError
-from . import partition_op
 from .partition import partition
 
 MIN_GROUP_SIZE = 3  # ops; a smaller group costs more in tensor hand-over than it saves
 RUNTIME = TORCH_PARTITIONED
+
+# key → a function computing the outputs' shapes on fake tensors: the group's original torch
+# code. torch.export traces the operator on fake tensors while it builds a program.
+_shape_functions: dict[str, Callable[..., Any]] = {}
+
+
+@onnx_subgraph.register_fake
+def _(key: str, model: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    fn = _shape_functions.get(key)
+    if fn is None:
+        raise RuntimeError(f"{OP_NAME}: no shape function for subgraph {key}; a partitioned "
+                           "program can be run and saved, not re-traced")
+    out = fn(*inputs)
+    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
 @dataclass
@@ -76,12 +95,6 @@ class PartitionedProgram:
                 "torch_ops": self.torch_ops, "notes": self.notes}
 
 
-def load_program(path: Path) -> nn.Module:
-    """The saved program as a callable module (this module's import of :mod:`.partition_op`
-    has registered the subgraph operator)."""
-    return torch.export.load(str(path)).module()
-
-
 def _op_name(node: fx.Node) -> str:
     return str(getattr(node.target, "__name__", node.target))
 
@@ -90,11 +103,6 @@ def _op_name(node: fx.Node) -> str:
 def onnx_exportable() -> Callable[[fx.Node], bool]:
     """Nodes the ONNX exporter can translate: ATen ops registered in its torchlib registry or
     decomposed by it into such ops (``getitem`` on a supported tuple result goes along)."""
-    from torch._decomp import decomposition_table
-    from torch.onnx._internal.exporter import _registration
-
-    registry = _registration.ONNXRegistry.from_torchlib()
-    implicit = torch._C.DispatchKey.CompositeImplicitAutograd
 
     def supported(node: fx.Node) -> bool:
         if node.op != "call_function":
@@ -103,14 +111,9 @@ def onnx_exportable() -> Callable[[fx.Node], bool]:
         if target is operator.getitem:
             src = node.args[0]
             return isinstance(src, fx.Node) and supported(src)
-        if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
-            return False
         if not isinstance(node.meta.get("val"), (torch.Tensor, tuple, list)):
             return False  # symbolic ints travel badly between engines; torch keeps them
-        # CompositeImplicitAutograd ops (batch_norm, adaptive_avg_pool2d, ...) have no kernel
-        # of their own: export's decomposition turns them into ops that are registered.
-        return (bool(registry.is_registered(target)) or target in decomposition_table
-                or target.has_kernel_for_dispatch_key(implicit))
+        return onnx_translates(target)
     return supported
 
 
@@ -268,9 +271,9 @@ def _drop_unused_weights(gm: fx.GraphModule) -> None:
 def _replace(gm: fx.GraphModule, group: Sequence[fx.Node], inputs: list[fx.Node],
              outputs: list[fx.Node], sub: fx.GraphModule, onnx_bytes: bytes, index: int) -> None:
     """One ``onnx_subgraph`` call in place of the group; its ONNX bytes a uint8 buffer."""
-    key = partition_op.key_of(onnx_bytes)
+    key = key_of(onnx_bytes)
     fake = _FakeRunner(sub)
-    partition_op.register_shape_function(key, lambda *xs: fake.run(*xs))
+    _shape_functions[key] = lambda *xs: fake.run(*xs)
     name = f"onnx_subgraph_{index}"
     gm.register_buffer(name, torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8))
     graph = gm.graph

@@ -1,4 +1,4 @@
-"""The training profiler and advisor (issue 5): a library any training loop uses.
+"""The training profiler and advisor: a library any training loop uses.
 
 ```python
 tracer = StepTracer(run_dir, deep=DeepCaptureConfig())   # deep: optional torch.profiler window

@@ -1,7 +1,7 @@
 """The advisor: rules with thresholds over a profile; every advice names its evidence and the
 exact setting to change. ``knob`` links an advice to what ``--auto-tune`` can try.
 
-Thresholds (issue 5, after MindInsight's tuning guide):
+Thresholds (after MindInsight's tuning guide):
 - input-bound when the data wait is ≥ 5 % (moderate) / ≥ 20 % (high) of step time;
 - the bottleneck stage is the one whose input buffer is fuller than its output buffer by more
   than 0.1, or a source stage whose output is under 0.6 full; inside it, the sub-stage with the

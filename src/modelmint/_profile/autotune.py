@@ -74,9 +74,10 @@ def decide(ratios: list[float], min_gain: float = MIN_GAIN) -> tuple[bool, float
 class Runner:
     """A live workload with its own tracer; ``round()`` measures ``steps`` steps."""
 
-    def __init__(self, data_root: Path, config: WorkloadConfig, steps: int) -> None:
+    def __init__(self, data_root: Path, config: WorkloadConfig, steps: int, *,
+                 backbone_weights: Path) -> None:
         self.config, self.steps = config, steps
-        self.workload = Workload(data_root, config)
+        self.workload = Workload(data_root, config, backbone_weights=backbone_weights)
         self.tracer = StepTracer()
         warm = self.workload.epoch_steps() if config.cache_decoded else 1
         self.workload.run(self.tracer, max(1, warm))  # caches filled, workers started
@@ -139,12 +140,14 @@ def profile_config(runner: Runner) -> Analysis:
 
 def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | None = None,
              log: Callable[[str], None] = print,
-             allowed: tuple[str, ...] = KNOBS, deadline: float | None = None) -> TuneResult:
+             allowed: tuple[str, ...] = KNOBS, deadline: float | None = None, *,
+             backbone_weights: Path) -> TuneResult:
     """``deadline`` (``time.monotonic()``): no change is started that the last one's duration
-    says would end after it; what was kept so far stands."""
+    says would end after it; what was kept so far stands. ``backbone_weights``: the workload's
+    ImageNet MobileNetV2 state dict (:class:`.workload.Workload`)."""
     settings = settings or TuneSettings()
     began = time.monotonic()
-    current = Runner(data_root, initial, settings.steps)
+    current = Runner(data_root, initial, settings.steps, backbone_weights=backbone_weights)
     first = profile_config(current)
     # A trial builds one more workload and runs 2 x rounds rounds: about twice the baseline.
     last_trial_s = 2 * (time.monotonic() - began)
@@ -173,7 +176,8 @@ def autotune(data_root: Path, initial: WorkloadConfig, settings: TuneSettings | 
                 break
             trial_started = time.monotonic()
             tried[knob] = current.config
-            candidate = Runner(data_root, current.config.changed(knob), settings.steps)
+            candidate = Runner(data_root, current.config.changed(knob), settings.steps,
+                               backbone_weights=backbone_weights)
             a, b = interleaved([current, candidate], settings.rounds)
             ratios = [y / x for x, y in zip(a, b, strict=True)]
             kept, gain, noise, reason = decide(ratios)

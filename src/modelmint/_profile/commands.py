@@ -1,5 +1,5 @@
 """What ``mint train --profile / --auto-tune`` and ``mint profile RUN_DIR`` do, kept here so
-the CLI and ``train/run.py`` only need one call each."""
+the commands that offer them only need one call each."""
 
 from __future__ import annotations
 
@@ -43,13 +43,14 @@ TRAINER_KNOBS: dict[str, str] = {
 
 
 def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console,
-                  deadline: float | None = None) -> dict[str, str]:
+                  deadline: float | None = None, *, backbone_weights: Path) -> dict[str, str]:
     """Tune the DataLoader fine-tuning workload on the user's own images (see docs/profile.md)
     and return what each kept change means for ``mint train`` (:data:`TRAINER_KNOBS`).
     Everything is saved in
     ``profile/autotune.json``, the config for DataLoader pipelines included. ``deadline``
     (``time.monotonic()``): no new change is tried after it (the search gives it a third of
-    ``--budget``)."""
+    ``--budget``). ``backbone_weights``: the ImageNet MobileNetV2 state dict the workload
+    fine-tunes (the trainer's ``weights_path(MOBILENET_V2)``)."""
     import json
 
     from .autotune import TuneSettings, autotune, save
@@ -57,7 +58,7 @@ def auto_tune_run(data_root: str | Path, run_dir: Path, console: Console,
 
     result = autotune(Path(data_root), WorkloadConfig(), TuneSettings(rounds=3, steps=3),
                       log=lambda line: console.print(f"[dim]auto-tune[/] {line}"),
-                      deadline=deadline)
+                      deadline=deadline, backbone_weights=backbone_weights)
     path = save(result, run_dir / PROFILE_DIR)
     kept = [t.knob for t in result.trials if t.kept]
     trainer = {knob: TRAINER_KNOBS.get(knob, "not applicable") for knob in kept}

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from ._torch_private import python_stacks_config
+
 OPS_FILE = "ops.json"
 TOP_OPS = 40
 
@@ -43,8 +45,7 @@ class DeepCapture:
         extra: dict[str, Any] = {}
         if config.with_stack:
             # Without verbose=True this torch records no Python stacks for operators.
-            from torch._C._profiler import _ExperimentalConfig
-            extra["experimental_config"] = _ExperimentalConfig(verbose=True)
+            extra["experimental_config"] = python_stacks_config()
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(ProfilerActivity.CUDA)

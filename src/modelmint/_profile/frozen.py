@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._repository import OPSET
+
 ENGINE_TORCH = "torch"
 ENGINE_ORT = "onnxruntime"
 
@@ -55,8 +57,6 @@ class OnnxFrozenPrefix(nn.Module):
                  ) -> None:
         super().__init__()
         import onnxruntime as ort
-
-        from .._train.export import OPSET  # here: train imports profile at module level
 
         if not is_frozen(module):
             raise ValueError("OnnxFrozenPrefix: the module has trainable parameters or "

@@ -12,8 +12,8 @@ DataLoader built from the same sampler and settings):
   (``multiprocessing.RawArray``: no pickling, no queue), so the trainer reads live totals.
 - queue occupancy is sampled at every ``next()``: the worker input buffer (index queues, tasks
   sent and not yet done) and output buffer (batches done, not yet consumed), each as a fraction
-  of ``prefetch_factor × num_workers``. These are private attributes of torch's iterator; when a
-  torch version renames them, occupancy is simply not recorded.
+  of ``prefetch_factor × num_workers``. torch keeps these counts private (read in
+  :mod:`._torch_private`); when a torch version moves them, occupancy is simply not recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from types import TracebackType
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from ._torch_private import prefetch_counts
 
 STAGES = ("read", "decode", "transform", "batch", "other")
 MAX_WORKER_ROWS = 65  # row 0: the main process; rows 1..64: workers
@@ -255,14 +257,9 @@ class QueueSampler:
             # nothing is ever prefetched (output empty): the source stage is the bottleneck.
             into.append({"t": t, "input": 1.0, "output": 0.0})
             return
-        it = self.iterator
-        try:
-            state: Any = it  # private attributes of _MultiProcessingDataLoaderIter
-            outstanding = int(state._tasks_outstanding)
-            done = sum(1 for v in state._task_info.values() if len(v) == 2)
-            queued = int(state._data_queue.qsize())
-        except (AttributeError, NotImplementedError):
+        counts = prefetch_counts(self.iterator)
+        if counts is None:
             return
-        ready = min(outstanding, done + queued)
+        outstanding, ready = counts
         into.append({"t": t, "input": (outstanding - ready) / self.capacity,
                      "output": ready / self.capacity})

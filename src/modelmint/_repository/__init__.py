@@ -4,10 +4,12 @@ from .config import CONFIG_FILE, BatchingConfig, ModelConfig, VersionPolicy
 from .metadata import (
     METADATA_FILE,
     ONNX_FILE,
+    OPSET,
     REPORT_FILE,
     WARMUP_DIR,
     WEIGHTS_FILE,
     ModelMetadata,
+    TensorInputSpec,
     TensorSpec,
 )
 from .store import ModelRepository, VersionRef, check_model_name, require_repo_dir
@@ -16,6 +18,7 @@ __all__ = [
     "CONFIG_FILE",
     "METADATA_FILE",
     "ONNX_FILE",
+    "OPSET",
     "REPORT_FILE",
     "WARMUP_DIR",
     "WEIGHTS_FILE",
@@ -23,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "ModelMetadata",
     "ModelRepository",
+    "TensorInputSpec",
     "TensorSpec",
     "VersionPolicy",
     "VersionRef",

@@ -11,25 +11,73 @@
 No ``dynamic_batching`` key means requests run one by one as they come (on this 2-core CPU a
 batch of 8 is only ~1.2x more efficient per image than batch 1, so batching is opt-in: it is
 for GPUs and bursts and must never add latency at low load).
+
+The models below are the schema: pydantic validates the file against them and every error
+becomes a :class:`RepositoryError` naming the file, the field and what was expected.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from ..errors import RepositoryError
 
 CONFIG_FILE = "config.json"
 
+_SCHEMA = ConfigDict(frozen=True, extra="forbid")
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+_POLICY_FORMS = '{"latest": N}, {"all": {}} or {"specific": [versions]}'
 
-@dataclass(frozen=True)
-class VersionPolicy:
-    kind: str = "latest"  # latest | all | specific
-    latest: int = 1
-    specific: tuple[int, ...] = ()
+
+class VersionPolicy(BaseModel):
+    """Which versions on disk are served: exactly one of ``latest``, ``all``, ``specific``
+    (Triton's object forms ``{"num_versions": N}`` and ``{"versions": [...]}`` work too)."""
+
+    model_config = _SCHEMA
+
+    latest: PositiveInt | None = None
+    all_versions: Any = Field(default=None, alias="all")
+    specific: tuple[PositiveInt, ...] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_object_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("latest"), dict):
+                data["latest"] = data["latest"].get("num_versions", 1)
+            if isinstance(data.get("specific"), dict):
+                data["specific"] = data["specific"].get("versions", [])
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> VersionPolicy:
+        given = self.model_fields_set
+        if (len(given) != 1 or (given == {"latest"} and self.latest is None)
+                or (given == {"specific"} and self.specific is None)):
+            raise ValueError(f"expected one of {_POLICY_FORMS}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        given = self.model_fields_set
+        if "specific" in given:
+            return "specific"
+        return "all" if "all_versions" in given else "latest"
 
     def select(self, available: list[int]) -> list[int]:
         """The versions (ascending) this policy serves out of those on disk."""
@@ -37,29 +85,43 @@ class VersionPolicy:
         if self.kind == "all":
             return ordered
         if self.kind == "specific":
-            return [v for v in ordered if v in self.specific]
-        return ordered[-self.latest:]
+            return [v for v in ordered if v in (self.specific or ())]
+        return ordered[-(self.latest or 1):]
 
     def describe(self) -> str:
         if self.kind == "specific":
-            return f"specific {list(self.specific)}"
+            return f"specific {list(self.specific or ())}"
         return "all" if self.kind == "all" else f"latest {self.latest}"
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
-    max_batch_size: int = 8  # images per model execution
-    max_queue_delay_us: int = 0  # how long a request may wait for others to batch with
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 64  # requests waiting; beyond it: 503 + Retry-After / UNAVAILABLE
-    default_timeout_us: int = 0  # 0 = no server-side default timeout
+class BatchingConfig(BaseModel):
+    model_config = _SCHEMA
+
+    max_batch_size: PositiveInt = 8  # images per model execution
+    max_queue_delay_us: NonNegativeInt = 0  # how long a request may wait for others
+    preferred_batch_sizes: tuple[PositiveInt, ...] = ()
+    max_queue_size: PositiveInt = 64  # requests waiting; beyond: 503 + Retry-After / UNAVAILABLE
+    default_timeout_us: NonNegativeInt = 0  # 0 = no server-side default timeout
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _ascending(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(sizes))
+
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> BatchingConfig:
+        if self.preferred_batch_sizes and self.preferred_batch_sizes[-1] > self.max_batch_size:
+            raise ValueError("expected every preferred_batch_sizes entry <= max_batch_size "
+                             f"{self.max_batch_size}")
+        return self
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+class ModelConfig(BaseModel):
+    model_config = _SCHEMA
+
+    version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     dynamic_batching: BatchingConfig | None = None
-    instances: int = 1
+    instances: PositiveInt = 1
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelConfig:
@@ -76,71 +138,51 @@ class ModelConfig:
     def from_json(cls, data: Any, where: str = CONFIG_FILE) -> ModelConfig:
         if not isinstance(data, dict):
             raise RepositoryError(f"{where}: expected a JSON object")
-        unknown = set(data) - {"version_policy", "dynamic_batching", "instances"}
-        if unknown:
-            raise RepositoryError(f"{where}: unknown field(s) {sorted(unknown)}; expected "
-                                  "version_policy, dynamic_batching, instances")
-        batching = data.get("dynamic_batching")
-        return cls(
-            version_policy=_policy(data.get("version_policy", {"latest": 1}), where),
-            dynamic_batching=None if batching is None else _batching(batching, where),
-            instances=_positive(data.get("instances", 1), f"{where}: field 'instances'"),
-        )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(_describe(error) for error in exc.errors())
+            raise RepositoryError(f"{where}: {problems}") from None
 
 
-def _positive(value: Any, what: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise RepositoryError(f"{what} is {value!r}; expected an integer >= {minimum}")
-    return value
+# The fields each object of the file may hold, by its path ("" is the file itself).
+_FIELDS_AT: dict[str, list[str]] = {
+    "": list(ModelConfig.model_fields),
+    "version_policy": ["latest", "all", "specific"],
+    "dynamic_batching": list(BatchingConfig.model_fields),
+}
+
+_EXPECTED_BY_TYPE = {
+    "int_type": "an integer", "list_type": "a list", "tuple_type": "a list",
+    "model_type": "an object", "model_attributes_type": "an object", "dict_type": "an object",
+    "too_short": "a non-empty list",
+}
 
 
-def _policy(data: Any, where: str) -> VersionPolicy:
-    what = f"{where}: field 'version_policy'"
-    if not isinstance(data, dict) or len(data) != 1:
-        raise RepositoryError(f"{what} is {data!r}; expected one of {{\"latest\": N}}, "
-                              "{\"all\": {}}, {\"specific\": [versions]}")
-    (kind, value), = data.items()
-    if kind == "latest":
-        n = value.get("num_versions", 1) if isinstance(value, dict) else value
-        return VersionPolicy("latest", latest=_positive(n, f"{what}.latest"))
-    if kind == "all":
-        return VersionPolicy("all")
-    if kind == "specific":
-        versions = value.get("versions", []) if isinstance(value, dict) else value
-        if not isinstance(versions, list) or not versions:
-            raise RepositoryError(f"{what}.specific is {versions!r}; expected a non-empty list")
-        return VersionPolicy("specific", specific=tuple(
-            _positive(v, f"{what}.specific[{i}]") for i, v in enumerate(versions)))
-    raise RepositoryError(f"{what}: unknown policy {kind!r}; expected latest, all or specific")
+def _describe(error: ErrorDetails) -> str:
+    """One pydantic error as the person who wrote config.json needs it."""
+    path = _path(error["loc"])
+    parent, _, last = path.rpartition(".")
+    ctx = error.get("ctx", {})
+    if error["type"] == "extra_forbidden":
+        known = _FIELDS_AT.get(parent, [])
+        return f"unknown field '{path}'; expected one of {', '.join(known)}"
+    if error["type"] == "value_error":
+        return f"field '{path or last}' is {error['input']!r}; {ctx['error']}"
+    if error["type"] == "greater_than_equal":
+        expected = f"an integer >= {ctx['ge']}"
+    elif path == "version_policy":
+        expected = f"one of {_POLICY_FORMS}"
+    else:
+        expected = _EXPECTED_BY_TYPE.get(error["type"], error["msg"].lower())
+    return f"field '{path}' is {error['input']!r}; expected {expected}"
 
 
-def _batching(data: Any, where: str) -> BatchingConfig:
-    what = f"{where}: field 'dynamic_batching'"
-    if not isinstance(data, dict):
-        raise RepositoryError(f"{what} is {data!r}; expected an object")
-    known = BatchingConfig.__dataclass_fields__
-    unknown = set(data) - set(known)
-    if unknown:
-        raise RepositoryError(f"{what}: unknown field(s) {sorted(unknown)}; expected "
-                              f"{sorted(known)}")
-    defaults = BatchingConfig()
-    max_batch = _positive(data.get("max_batch_size", defaults.max_batch_size),
-                          f"{what}.max_batch_size")
-    preferred = data.get("preferred_batch_sizes", [])
-    if not isinstance(preferred, list):
-        raise RepositoryError(f"{what}.preferred_batch_sizes is {preferred!r}; expected a list")
-    sizes = tuple(sorted(_positive(p, f"{what}.preferred_batch_sizes[{i}]")
-                         for i, p in enumerate(preferred)))
-    if sizes and sizes[-1] > max_batch:
-        raise RepositoryError(f"{what}.preferred_batch_sizes {list(sizes)} exceed "
-                              f"max_batch_size {max_batch}")
-    return BatchingConfig(
-        max_batch_size=max_batch,
-        max_queue_delay_us=_positive(data.get("max_queue_delay_us", 0),
-                                     f"{what}.max_queue_delay_us", 0),
-        preferred_batch_sizes=sizes,
-        max_queue_size=_positive(data.get("max_queue_size", defaults.max_queue_size),
-                                 f"{what}.max_queue_size"),
-        default_timeout_us=_positive(data.get("default_timeout_us", 0),
-                                     f"{what}.default_timeout_us", 0),
-    )
+def _path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{'all' if part == 'all_versions' else part}" if text else str(part)
+    return text

@@ -1,40 +1,48 @@
-"""The budgeted model search: an Optuna study over the registered candidates of one task.
+"""The one training driver: a task's candidates run as trials of an Optuna study, under one
+budget, into one run directory, and the best is what gets published.
 
-Order of work: the cheap baselines (enqueued, fixed parameters) first, then fine-tuning trials
-sampled by TPE (``candidate`` × each candidate's own hyper-parameters) and stopped early by the
-median pruner, while the budget allows another one. The study lives in the run directory
-(``study.db``, SQLite) unless ``--storage`` names a shared database; a heartbeat marks trials
-of a dead process as failed and a retry callback queues them again, so no trial stays RUNNING.
+Two plans share every step. The *search* (the default) runs the cheap baselines first
+(enqueued, fixed parameters), then fine-tuning trials sampled by TPE (``candidate`` × each
+candidate's own hyper-parameters), stopped early by the median pruner, while the budget allows
+another one. The *fixed* plan (``--epochs N``) runs one trial of the task's fixed candidate with
+the plan's parameters and no pruning, so the same seed on the same machine gives the same
+weights. The study lives in the run directory (``study.db``, SQLite) unless ``--storage`` names
+a shared database; a heartbeat marks the trials of a dead process as failed and queues them
+again, and a trial interrupted by Ctrl-C is queued again on ``--resume``, in its own folder,
+where a candidate may continue from its checkpoint.
 
-Each trial that improves on this process's best pickles its fitted model into its trial folder
+Each trial that improves on this process's best saves its fitted model into its trial folder
 (``trials/NNN/fitted.pt``, user attribute ``artifact``), so the winner can be published after a
-resume or by the coordinating process when another worker found it.
+resume, or by the coordinating process when another worker found it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
 from .._data.dataset import TaskData
-from .._tasks.contract import Candidate, Fitted
-from .._tasks.registry import candidates_for, load_task_data
-from ..errors import DataError, MintError, NotFound, TrainingInterrupted
+from .._tasks.contract import Candidate, Fitted, Task
+from .._tasks.registry import candidates_for, get_task, load_task_data
+from ..errors import DataError, MintError, TrainingInterrupted
 from . import leaderboard
+from .notes import notes_for
+from .options import TrainOptions
+from .plan import FixedTrial, enqueue_plan, requeue_interrupted
+from .rundir import write_run
 from .study_storage import open_study, retry_orphans
 
-RUN_FILE = "run.json"
 MAX_CONSECUTIVE_SKIPS = 3
 RESERVE_SECONDS = 8.0
 # After publishing, the process still prints the report and tears down torch, onnxruntime and
@@ -44,32 +52,13 @@ EXIT_SECONDS = 1.5
 # hyper-parameters can make a candidate diverge or a library refuse its input).
 TRIAL_ERRORS = (MintError, RuntimeError, ValueError, ArithmeticError)
 MAX_SLOWDOWN = 3.0
-
-
-@dataclass
-class SearchOptions:
-    data: str
-    name: str
-    repo: str = "models"
-    runs_dir: str = "runs"
-    budget: float = 600.0  # wall-clock ceiling for the whole command, seconds
-    seed: int = 0
-    group_by: str | None = None
-    reject_dir: str | None = None
-    label_column: str | None = None
-    text_column: str | None = None
-    storage: str | None = None  # e.g. postgresql://user@host/db; default: SQLite in the run dir
-    worker: bool = False  # only run trials of an existing shared study; publish nothing
-    ray: str | None = None  # run trials on this Ray cluster
-    max_trials: int | None = None
-    candidates: list[str] | None = None  # fnmatch patterns over candidate names; None: all
-    profile: bool = False  # trials that run steps add a torch.profiler window + report
-    auto_tune: bool = False  # image tasks: tune the input pipeline first (≤ 1/3 of the budget)
+INTERRUPTED = "interrupted"
 
 
 @dataclass
 class SearchOutcome:
     run_dir: Path
+    task: Task
     data: TaskData
     study: optuna.Study
     winner: optuna.trial.FrozenTrial | None
@@ -77,57 +66,16 @@ class SearchOutcome:
     board: dict[str, Any]
 
 
-def new_run_dir(runs_dir: Path, name: str) -> Path:
-    from .._train.run import new_run_dir as spine_new_run_dir
-
-    return spine_new_run_dir(runs_dir, name)
-
-
-def _write_run(run_dir: Path, opts: SearchOptions, status: str, **extra: Any) -> None:
-    data = {"kind": "search", "options": asdict(opts), "status": status, **extra}
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(run_dir / RUN_FILE)
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    try:
-        loaded: dict[str, Any] = json.loads((run_dir / RUN_FILE).read_text())
-    except FileNotFoundError as exc:
-        raise NotFound(f"{run_dir}: not a run directory (no {RUN_FILE})") from exc
-    return loaded
-
-
-def _enqueue_baselines(study: optuna.Study, baselines: list[Candidate],
-                       finetune: list[Candidate]) -> None:
-    """The baselines, then each fine-tuning candidate's known-good ``first_trial`` parameters
-    (when it offers them), so the first fine-tuning trial is not a random draw."""
-    present = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False)}
-    for cand in baselines:
-        if cand.name not in present:
-            study.enqueue_trial({}, user_attrs={"candidate": cand.name, "kind": cand.kind})
-    for cand in finetune:
-        first = getattr(cand, "first_trial", None)
-        if first is not None and cand.name not in present:
-            study.enqueue_trial(first(), user_attrs={"candidate": cand.name, "kind": cand.kind})
-
-
-def _accuracy(fitted: Fitted, data: TaskData) -> float:
-    probs = fitted.val_probabilities()
-    truth = np.asarray([y for _, y in data.val])
-    return float((probs.argmax(1) == truth).mean()) if len(truth) else 0.0
-
-
 class Search:
-    def __init__(self, opts: SearchOptions, run_dir: Path, data: TaskData,
+    def __init__(self, opts: TrainOptions, run_dir: Path, task: Task, data: TaskData,
                  candidates: list[Candidate], study: optuna.Study, deadline: float,
                  console: Console) -> None:
-        self.opts, self.run_dir, self.data = opts, run_dir, data
+        self.opts, self.run_dir, self.task, self.data = opts, run_dir, task, data
         self.by_name = {c.name: c for c in candidates}
         self.finetune = [c.name for c in candidates if c.kind != "baseline"]
         self.study, self.deadline, self.console = study, deadline, console
         self.fitted: dict[int, Fitted] = {}
-        self.best_value = -1.0
+        self.best_value = -math.inf
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def seconds_left(self) -> float:
@@ -141,30 +89,38 @@ class Search:
             name = trial.suggest_categorical("candidate", self.finetune)
         cand = self.by_name[name]
         trial.set_user_attr("candidate", name)
-        trial.set_user_attr("kind", cand.kind)
+        trial.set_user_attr("kind", trial.user_attrs.get("kind", cand.kind))
         trial.set_user_attr("worker", self.worker_id)
+        # A retried trial keeps the folder of the one it replaces (its checkpoint is there).
+        folder = trial.user_attrs.get("workdir") or f"trials/{trial.number:03d}"
+        trial.set_user_attr("workdir", folder)
         needed = cand.estimate_seconds(self.data)
-        # Baselines always run (they stop at the deadline themselves): they are the floor.
-        if cand.kind != "baseline" and needed > self.seconds_left():
+        fixed = trial.user_attrs.get("fixed_params")
+        # Baselines and the fixed plan always run (they stop at the deadline themselves).
+        if cand.kind != "baseline" and fixed is None and needed > self.seconds_left():
             trial.set_user_attr("stop_reason", f"skipped: needs ~{needed:.0f}s, "
                                 f"{max(self.seconds_left(), 0):.0f}s left")
             raise optuna.TrialPruned("does not fit the time left")
-        workdir = self.run_dir / "trials" / f"{trial.number:03d}"
+        workdir = self.run_dir / folder
         started = time.monotonic()
-        self.console.print(f"[bold]trial {trial.number}[/] {name} "
-                           f"({self.seconds_left():.0f}s left)")
+        left = "" if math.isinf(self.deadline) else f" ({self.seconds_left():.0f}s left)"
+        self.console.print(f"[bold]trial {trial.number}[/] {name}{left}")
         try:
-            fitted = cand.fit(self.data, trial, self.deadline, workdir)
+            fitted = cand.fit(self.data, trial if fixed is None else FixedTrial(trial, fixed),
+                              self.deadline, workdir)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
             trial.set_user_attr("stop_reason", str(exc) or "pruned (below the median)")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("stop_reason", INTERRUPTED)
             raise
         except TRIAL_ERRORS as exc:
             trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
             trial.set_user_attr("stop_reason", f"failed: {type(exc).__name__}: {exc}"[:300])
             self.console.print(f"[red]trial {trial.number} failed:[/] {exc}")
             raise
-        value = _accuracy(fitted, self.data)
+        value = float(self.task.evaluate(self.data, fitted.val_predictions())[self.task.metric])
         trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
         trial.set_user_attr("params", _jsonable(fitted.params))
         trial.set_user_attr("architecture", fitted.architecture)
@@ -177,10 +133,13 @@ class Search:
 
             torch.save(fitted, workdir / "fitted.pt")
             trial.set_user_attr("artifact", str((workdir / "fitted.pt").resolve()))
-        self.console.print(f"  → val accuracy {value:.3f} in {time.monotonic() - started:.0f}s")
+        self.console.print(f"  → val {self.task.metric} {value:.3f} in "
+                           f"{time.monotonic() - started:.0f}s")
         return value
 
     def should_continue(self, skips: int, started_trials: int) -> bool:
+        if self.opts.fixed:  # one trial of the plan, until it completes or cannot
+            return started_trials == 0
         if self.opts.max_trials is not None and started_trials >= self.opts.max_trials:
             return False
         if skips >= MAX_CONSECUTIVE_SKIPS:
@@ -217,7 +176,10 @@ def load_fitted(trial: optuna.trial.FrozenTrial, in_memory: dict[int, Fitted]) -
     if artifact and Path(artifact).is_file():
         import torch
 
-        loaded: Fitted = torch.load(artifact, map_location="cpu", weights_only=False)
+        try:
+            loaded: Fitted = torch.load(artifact, map_location="cpu", weights_only=False)
+        except (AttributeError, ModuleNotFoundError, RuntimeError):
+            return None  # saved by another release: its classes moved; not at hand
         return loaded
     return None
 
@@ -234,16 +196,32 @@ def pick_winner(study: optuna.Study, in_memory: dict[int, Fitted]
     return None, None
 
 
-def _select(opts: SearchOptions, task: str) -> list[Candidate]:
-    candidates = candidates_for(task)
+def select_candidates(opts: TrainOptions, task: Task) -> list[Candidate]:
+    """The fixed plan's one candidate, or every candidate ``--candidates`` lets through."""
+    candidates = candidates_for(task.name)
+    if opts.fixed:
+        if task.fixed_plan is None:
+            raise DataError(f"--epochs: {task.name} models are not trained in epochs here; "
+                            "leave out --epochs and give --budget to search them")
+        name, _ = task.fixed_plan(opts.epochs or 1)
+        return [c for c in candidates if c.name == name]
     if opts.candidates:
         known = [c.name for c in candidates]
         candidates = [c for c in candidates if any(fnmatch(c.name, p) for p in opts.candidates)]
         if not candidates:
             raise DataError(f"--candidates {' '.join(opts.candidates)}: matches none of {known}")
     if not candidates:
-        raise DataError(f"{opts.data}: no model candidates are installed for {task}")
+        raise DataError(f"{opts.data}: no model candidates are installed for {task.name}")
     return candidates
+
+
+def check_task_options(opts: TrainOptions, task: Task) -> None:
+    """Refuse the run-wide options a task cannot honour, instead of ignoring them."""
+    for flag, wanted, key in (("--profile", opts.profile, "profile"),
+                              ("--auto-tune", opts.auto_tune, "auto_tune")):
+        if wanted and key not in task.options:
+            raise DataError(f"{flag} does not apply to {task.name}: its models do not train "
+                            "in profiled steps; leave it out")
 
 
 def publish_reserve(budget: float, started: float, cpu_started: float) -> float:
@@ -251,7 +229,9 @@ def publish_reserve(budget: float, started: float, cpu_started: float) -> float:
     process's exit: ~5 s + ~1 s on an idle 2-core machine. When other processes compete for the
     CPU, loading the data took more wall-clock than CPU time, and publishing will too: scale the
     reserve by that ratio (capped, so a loaded machine still leaves most of the budget to the
-    search)."""
+    search). Without a budget there is nothing to keep back."""
+    if math.isinf(budget):
+        return 0.0
     wall = time.monotonic() - started
     cpu = time.process_time() - cpu_started
     contended = wall / max(cpu, 1e-3) if wall > 2 else 1.0
@@ -261,32 +241,29 @@ def publish_reserve(budget: float, started: float, cpu_started: float) -> float:
     return min((max(RESERVE_SECONDS, 0.1 * budget) + EXIT_SECONDS) * slowdown, 0.4 * budget)
 
 
-def run_search(opts: SearchOptions, console: Console, started: float | None = None,
-               resume_dir: Path | None = None) -> SearchOutcome:
-    """Load the data, run the study within the budget; publishing is :mod:`.publish`'s job."""
-    started = time.monotonic() if started is None else started
-    if resume_dir is None:
-        from .._repository import check_model_name
+def load_data(opts: TrainOptions) -> tuple[Task, TaskData]:
+    data = load_task_data(opts.data, opts.load_options())
+    task = get_task(data.task)
+    check_task_options(opts, task)
+    # Read by candidates: the seed of their initialisation and shuffling, and --profile.
+    data.extra.update(seed=opts.seed, profile=opts.profile)
+    return task, data
 
-        check_model_name(opts.name)
-        run_dir = new_run_dir(Path(opts.runs_dir), opts.name)
-    else:
-        run_dir = resume_dir
-    _write_run(run_dir, opts, "running")
-    data = load_task_data(opts.data, seed=opts.seed, group_by=opts.group_by,
-                          reject_dir=opts.reject_dir, label_column=opts.label_column,
-                          text_column=opts.text_column)
-    data.extra["profile"] = opts.profile  # read by candidates that run training steps
-    if opts.auto_tune and data.task == "image-classification" and resume_dir is None:
-        from .._profile.commands import auto_tune_run
 
-        auto_tune_run(data.root, run_dir, console, deadline=started + opts.budget / 3)
+def run_search(opts: TrainOptions, run_dir: Path, console: Console, started: float,
+               resuming: bool) -> SearchOutcome:
+    """Load the data, run the plan within the budget; publishing is :mod:`.run`'s job."""
+    write_run(run_dir, opts, "running")
+    task, data = load_data(opts)
+    budget = opts.seconds()
+    if opts.auto_tune and task.auto_tune is not None and not resuming:
+        task.auto_tune(data, run_dir, console, started + budget / 3)
     console.print(f"{data.task}: {len(data.train)} train / {len(data.val)} val items, "
                   f"{len(data.labels)} classes; split: {data.split_note} "
                   f"({time.monotonic() - started:.0f}s)")
     # CPU time of the whole process vs wall-clock since the command began (``started``).
-    deadline = started + opts.budget - publish_reserve(opts.budget, started, 0.0)
-    candidates = _select(opts, data.task)
+    deadline = started + budget - publish_reserve(budget, started, 0.0)
+    candidates = select_candidates(opts, task)
     (run_dir / "split.json").write_text(json.dumps(
         {"note": data.split_note, "labels": data.labels, "train": data.train, "val": data.val},
         indent=1))
@@ -296,15 +273,15 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
         check_ray(opts.ray)
     study = open_study(opts, run_dir, data.task)
     study.set_user_attr("task", data.task)
-    if resume_dir is not None and opts.storage is None:
-        for number in retry_orphans(study):
-            console.print(f"[yellow]trial {number} was running when the search stopped; "
+    if resuming and opts.storage is None:
+        for number in [*retry_orphans(study), *requeue_interrupted(study, INTERRUPTED)]:
+            console.print(f"[yellow]trial {number} was running when the run stopped; "
                           "queued again[/]")
     if not opts.worker:
-        _enqueue_baselines(study, [c for c in candidates if c.kind == "baseline"],
-                           [c for c in candidates if c.kind != "baseline"])
-    search = Search(opts, run_dir, data, candidates, study, deadline, console)
-    board_summary = {"model": opts.name, "task": data.task, "split": data.split_note,
+        enqueue_plan(study, opts, task, candidates)
+    search = Search(opts, run_dir, task, data, candidates, study, deadline, console)
+    board_summary: dict[str, Any] = {"model": opts.name, "task": data.task, "metric": task.metric,
+                     "plan": "fixed" if opts.fixed else "search", "split": data.split_note,
                      "budget": opts.budget}
     try:
         if opts.ray:
@@ -315,54 +292,16 @@ def run_search(opts: SearchOptions, console: Console, started: float | None = No
             search.run()
     except KeyboardInterrupt:
         leaderboard.save(run_dir, leaderboard.rows_from_study(study), board_summary)
-        _write_run(run_dir, opts, "interrupted")
+        write_run(run_dir, opts, "interrupted")
         raise TrainingInterrupted(
-            f"search interrupted; finished trials are kept in {run_dir}. "
+            f"training interrupted; finished trials and checkpoints are kept in {run_dir}. "
             f"Continue with: mint train --resume {run_dir}", str(run_dir)) from None
     winner, fitted = pick_winner(study, search.fitted)
     rows = leaderboard.rows_from_study(study)
-    board = {**board_summary, "winner": None,
-             "notes": _notes(rows, winner) + _unfinished_notes(rows)}
+    board = {**board_summary, "winner": None, "notes": notes_for(rows, opts.fixed)}
     if winner is not None:
         board["winner"] = {"trial": winner.number, "candidate": winner.user_attrs["candidate"],
-                           "val_accuracy": winner.value}
+                           "score": winner.value}
     leaderboard.save(run_dir, rows, board)
     board["trials"] = rows
-    return SearchOutcome(run_dir, data, study, winner, fitted, board)
-
-
-def _unfinished_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per candidate that never completed a trial: why (its last trial's reason)."""
-    last: dict[str, str] = {}
-    done = {r["candidate"] for r in rows if r["state"] == "complete"}
-    for row in rows:
-        if row["candidate"] not in done:
-            last[row["candidate"]] = str(row["stop_reason"])
-    return [f"{name} did not finish a trial: {why}" for name, why in last.items()]
-
-
-def _notes(rows: list[dict[str, Any]], winner: optuna.trial.FrozenTrial | None) -> list[str]:
-    """Did fine-tuning beat the frozen baseline, and if not, why not."""
-    done = [r for r in rows if r["state"] == "complete" and r["val_accuracy"] is not None]
-    base = [r for r in done if r["kind"] == "baseline"]
-    tuned = [r for r in done if r["kind"] != "baseline"
-             and not str(r["stop_reason"]).startswith("no fine-tuning epoch")]
-    if not base:
-        return ["no baseline trial completed"]
-    best_base = max(base, key=lambda r: r["val_accuracy"])
-    if not tuned:
-        tried = [r for r in rows if r["kind"] != "baseline"]
-        why = (f"fine-tuning trials did not finish ({tried[-1]['stop_reason']})" if tried else
-               "the budget left no room for a fine-tuning trial after the baselines; raise "
-               "--budget")
-        return [f"winner is the baseline {best_base['candidate']} "
-                f"({best_base['val_accuracy']:.3f}): {why}"]
-    best_tuned = max(tuned, key=lambda r: r["val_accuracy"])
-    delta = best_tuned["val_accuracy"] - best_base["val_accuracy"]
-    if delta > 0:
-        return [f"fine-tuning ({best_tuned['candidate']}, {best_tuned['val_accuracy']:.3f}) beat "
-                f"the frozen baseline ({best_base['val_accuracy']:.3f}) by {delta:+.3f}"]
-    return [f"fine-tuning did not beat the frozen baseline ({best_tuned['val_accuracy']:.3f} vs "
-            f"{best_base['val_accuracy']:.3f}) in {len(tuned)} trial(s): the validation set "
-            "cannot tell them apart or the budget allowed too few epochs"]
-
+    return SearchOutcome(run_dir, task, data, study, winner, fitted, board)

@@ -23,13 +23,13 @@ def rows_from_study(study: Any) -> list[dict[str, Any]]:
         seconds = attrs.get("seconds")
         if seconds is None and t.datetime_start and t.datetime_complete:
             seconds = (t.datetime_complete - t.datetime_start).total_seconds()
-        retry_of = t.system_attrs.get("failed_trial")
+        retry_of = t.system_attrs.get("failed_trial", attrs.get("retry_of"))
         rows.append({
             "trial": t.number,
             "candidate": attrs.get("candidate", t.params.get("candidate", "?")),
             "kind": attrs.get("kind", ""),
             "state": t.state.name.lower(),
-            "val_accuracy": t.value if t.value is not None else None,
+            "score": t.value if t.value is not None else None,
             "seconds": round(float(seconds), 1) if seconds is not None else None,
             "stop_reason": attrs.get("stop_reason", _default_reason(t.state.name)),
             "params": attrs.get("params", {k: v for k, v in t.params.items()
@@ -37,8 +37,8 @@ def rows_from_study(study: Any) -> list[dict[str, Any]]:
             "worker": attrs.get("worker", ""),
             **({"retry_of": retry_of} if retry_of is not None else {}),
         })
-    done = sorted((r for r in rows if r["val_accuracy"] is not None and r["state"] == "complete"),
-                  key=lambda r: (-r["val_accuracy"], r["trial"]))
+    done = sorted((r for r in rows if r["score"] is not None and r["state"] == "complete"),
+                  key=lambda r: (-r["score"], r["trial"]))
     rest = sorted((r for r in rows if r not in done), key=lambda r: r["trial"])
     return done + rest
 
@@ -78,11 +78,12 @@ def print_leaderboard(board: dict[str, Any], console: Console) -> None:
     if board.get("winner"):
         title += f" — winner trial {board['winner']['trial']} {board['winner']['candidate']}"
     table = Table(title=title)
-    for col in ("#", "candidate", "val acc", "seconds", "state", "why it stopped", "params"):
-        table.add_column(col, justify="right" if col in ("#", "val acc", "seconds") else "left",
+    metric = f"val {board.get('metric', 'accuracy')}"
+    for col in ("#", "candidate", metric, "seconds", "state", "why it stopped", "params"):
+        table.add_column(col, justify="right" if col in ("#", metric, "seconds") else "left",
                          overflow="fold")
     for row in board["trials"]:
-        acc = row["val_accuracy"]
+        acc = row.get("score", row.get("val_accuracy"))  # the previous release's name
         table.add_row(str(row["trial"]), row["candidate"],
                       "" if acc is None else f"{acc:.3f}",
                       "" if row["seconds"] is None else f"{row['seconds']:.0f}",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,21 @@ def check_ray(address: str) -> None:
 
 def _remote_trial(opts_json: dict[str, Any], run_dir: str, deadline_wall: float) -> int:
     """One trial inside a Ray worker; returns the trial number it ran."""
-    from .._tasks.registry import load_task_data
-    from .driver import Search, SearchOptions, _select
+    from .driver import Search, load_data, select_candidates
+    from .options import TrainOptions
     from .study_storage import open_study
 
-    opts = SearchOptions(**opts_json)
-    key = (opts.data, opts.seed, opts.group_by, opts.reject_dir, opts.label_column,
-           opts.text_column)
+    opts = TrainOptions.from_json(opts_json)
+    key = (opts.data, opts.seed, opts.strict, opts.group_by, opts.reject_dir,
+           opts.label_column, opts.text_column)
     if key not in _data_cache:
-        _data_cache[key] = load_task_data(opts.data, seed=opts.seed, group_by=opts.group_by,
-                                          reject_dir=opts.reject_dir,
-                                          label_column=opts.label_column,
-                                          text_column=opts.text_column)
-    data = _data_cache[key]
+        _data_cache[key] = load_data(opts)
+    task, data = _data_cache[key]
     study = open_study(opts, Path(run_dir), data.task)
     # Monotonic clocks differ between processes: the deadline travels as wall-clock time.
     deadline = time.monotonic() + (deadline_wall - time.time())
-    search = Search(opts, Path(run_dir), data, _select(opts, data.task), study, deadline,
-                    Console(quiet=True))
+    search = Search(opts, Path(run_dir), task, data, select_candidates(opts, task), study,
+                    deadline, Console(quiet=True))
     before = len(study.get_trials(deepcopy=False))
     study.optimize(search.objective, n_trials=1, gc_after_trial=False)
     return before
@@ -71,7 +67,7 @@ def run_on_ray(search: Any, opts: Any) -> None:
         while search.should_continue(0, started):
             n = parallel if opts.max_trials is None else min(parallel,
                                                              opts.max_trials - started)
-            futures = [remote.remote(asdict(opts), str(search.run_dir), deadline_wall)
+            futures = [remote.remote(opts.to_json(), str(search.run_dir), deadline_wall)
                        for _ in range(n)]
             search.console.print(f"{n} trial(s) submitted to Ray at {opts.ray}")
             ray.get(futures)

@@ -21,6 +21,9 @@ The rule (chosen so batching never adds latency at low load; on this CPU a batch
   been queued for ``max_queue_delay_us`` (Triton measures from the oldest request too), so under
   load the delay has usually already passed and nothing waits.
 
+Every output an execution returns is split back per request along its first axis, which must
+be the batch axis (a detector's ``[N, K, 4]`` boxes split fine: only the first axis is cut).
+
 Bounds: at most ``max_queue_size`` requests wait (beyond: :class:`ServerBusy` with a drain-time
 estimate for ``Retry-After``); a request's timeout expiring before its first rows start executing
 gives :class:`DeadlineExceeded` (one already executing is never cancelled). Everything runs on
@@ -41,9 +44,10 @@ import numpy as np
 
 from .._repository.config import BatchingConfig
 from ..errors import DeadlineExceeded, InvalidInput, ModelNotReady, RepositoryError, ServerBusy
+from .types import Outputs
 
 Timings = dict[str, float]
-Result = tuple[np.ndarray, Timings]
+Result = tuple[Outputs, Timings]
 TIMEOUT_PARAMETER = "timeout"  # Triton's request parameter name, in microseconds
 _EWMA = 0.2  # weight of the newest execution time in the drain-time estimate
 
@@ -57,7 +61,7 @@ class _Pending:
     enqueued: float
     deadline: float | None
     sent: int = 0  # rows handed to executions (a large request spans several)
-    pieces: list[np.ndarray] = field(default_factory=list)
+    pieces: list[Outputs] = field(default_factory=list)
     received: int = 0
     compute_s: float = 0.0
     batch_size: int = 0  # largest execution this request was part of
@@ -81,7 +85,7 @@ class DynamicBatcher:
     Used from one event loop only (the server's: HTTP and gRPC share it); no locks needed.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], Awaitable[np.ndarray]],
+    def __init__(self, run: Callable[[np.ndarray], Awaitable[Outputs]],
                  config: BatchingConfig, name: str) -> None:
         self._run = run
         self.config = config
@@ -100,9 +104,9 @@ class DynamicBatcher:
         return len(self._queue)
 
     async def submit(self, batch: np.ndarray, timeout_s: float | None = None) -> Result:
-        """Run the rows of one request; returns its output rows and timings (seconds, and the
-        largest execution batch it joined). ``timeout_s`` bounds the wait before its execution
-        starts; None means no timeout."""
+        """Run the rows of one request; returns its rows of every output, and timings (seconds,
+        and the largest execution batch it joined). ``timeout_s`` bounds the wait before its
+        execution starts; None means no timeout."""
         if self._closing:
             raise ModelNotReady(f"model {self.name!r} is being unloaded; retry on the new version")
         if batch.ndim == 0 or batch.shape[0] == 0:
@@ -235,11 +239,8 @@ class DynamicBatcher:
         self._inflight = parts
         started = self._started_at = time.monotonic()
         try:
-            output = await self._run(batch)
-            if not isinstance(output, np.ndarray) or output.ndim == 0 or output.shape[0] != rows:
-                shape = list(output.shape) if isinstance(output, np.ndarray) else type(output)
-                raise RepositoryError(f"model {self.name!r}: execution returned {shape} for a "
-                                      f"batch of {rows} rows")
+            outputs = await self._run(batch)
+            self._check_rows(outputs, rows)
         except Exception as exc:  # every request in the failed execution gets the error
             self._inflight, self._started_at = [], None
             for item, _, _ in parts:
@@ -253,7 +254,7 @@ class DynamicBatcher:
             _EWMA * compute + (1 - _EWMA) * self._execution_s)
         offset = 0
         for item, _, n in parts:
-            item.pieces.append(output[offset:offset + n])
+            item.pieces.append({name: out[offset:offset + n] for name, out in outputs.items()})
             offset += n
             item.received += n
             item.compute_s += compute
@@ -261,8 +262,30 @@ class DynamicBatcher:
             if item.received == item.size and not item.future.done():
                 self._finish(item)
 
+    def _check_rows(self, outputs: Outputs, rows: int) -> None:
+        """Every output must have one row per batch row: else splitting would mix requests."""
+        if not isinstance(outputs, dict) or not outputs:
+            raise RepositoryError(f"model {self.name!r}: execution returned {type(outputs)} "
+                                  "instead of named outputs")
+        for name, out in outputs.items():
+            if not isinstance(out, np.ndarray) or out.ndim == 0 or out.shape[0] != rows:
+                shape = list(out.shape) if isinstance(out, np.ndarray) else type(out)
+                raise RepositoryError(f"model {self.name!r}: execution returned output "
+                                      f"{name!r} of shape {shape} for a batch of {rows} rows "
+                                      "(outputs must have the batch axis first)")
+
     def _finish(self, item: _Pending) -> None:
-        output = item.pieces[0] if len(item.pieces) == 1 else np.concatenate(item.pieces)
+        if len(item.pieces) == 1:
+            output = item.pieces[0]
+        else:
+            try:  # a request split across executions: join each output's pieces
+                output = {name: np.concatenate([piece[name] for piece in item.pieces])
+                          for name in item.pieces[0]}
+            except ValueError as exc:  # a dynamic trailing axis differed between executions
+                item.future.set_exception(RepositoryError(
+                    f"model {self.name!r}: the executions of one split request returned "
+                    f"outputs that cannot be joined ({exc})"))
+                return
         total = time.monotonic() - item.enqueued
         # Queue time is everything but compute: for a split request that includes the time
         # between its executions.

@@ -31,22 +31,15 @@ from .batching import DynamicBatcher, request_timeout_s
 from .executors import ProcessExecutor, ThreadExecutor
 from .lifecycle import FAILED, READY, UNLOADED, Lifecycle, Servable
 from .metrics import Metrics, observed
-from .model import (
-    DEFAULT_MAX_BATCH_SIZE,
-    IMAGE_INPUT,
-    OUTPUT,
-    PLATFORM,
-    TENSOR_INPUT,
-    LoadedModel,
-)
-from .types import InferRequest, InferResponse
+from .model import DEFAULT_MAX_BATCH_SIZE, PLATFORM, LoadedModel
+from .types import InferRequest, InferResponse, Outputs
 
 log = logging.getLogger("modelmint._serve")
 
 SERVER_NAME = "modelmint"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository"]
-__all__ = ["DEFAULT_MAX_BATCH_SIZE", "IMAGE_INPUT", "OUTPUT", "PLATFORM", "TENSOR_INPUT",
-           "DataPlane", "LoadedModel", "parse_version", "server_version"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "PLATFORM", "DataPlane", "LoadedModel", "parse_version",
+           "server_version"]
 _VERSION = re.compile(r"[0-9]{1,18}")  # int() alone would also accept " 1", "1_0", "+1"
 
 
@@ -104,10 +97,11 @@ class DataPlane:
         if self.isolation == "process":
             what = f"model {s.ref.model!r} version {s.version}"
             s.executor = ProcessExecutor(
-                onnx, s.model.slot_crop, what, arena=self.arena, jemalloc=self.jemalloc,
+                onnx, s.model.slot_crop, what, outputs=s.model.output_names,
+                arena=self.arena, jemalloc=self.jemalloc,
                 on_exit=lambda reason: self.lifecycle.worker_died(s, reason))
         else:
-            s.executor = ThreadExecutor(onnx, self._executor)
+            s.executor = ThreadExecutor(onnx, self._executor, s.model.output_names)
         s.model.check_io(*s.executor.io())
 
     def load(self) -> None:
@@ -243,13 +237,13 @@ class DataPlane:
                     s.batcher = DynamicBatcher(lambda b: self._run(s, b), batching,
                                                f"{model}/{s.version}")
                     s.loop = loop
-                probabilities, timings = await s.batcher.submit(batch, timeout)
+                outputs, timings = await s.batcher.submit(batch, timeout)
             else:
                 started = time.perf_counter()
-                probabilities = await self._run(s, batch, timeout)
+                outputs = await self._run(s, batch, timeout)
                 timings = {"queue_s": 0.0, "compute_s": time.perf_counter() - started,
                            "batch_size": float(batch.shape[0])}
-            response = s.model.respond(request, probabilities)
+            response = s.model.respond(request, outputs)
             response.timings = timings
             return response
         finally:
@@ -267,7 +261,7 @@ class DataPlane:
             s.inflight -= 1
 
     async def _run(self, s: Servable, batch: np.ndarray,
-                   timeout: float | None = None) -> np.ndarray:
+                   timeout: float | None = None) -> Outputs:
         executor = s.executor
         if executor is None:
             raise ModelNotReady(f"model {s.ref.model!r} version {s.version} is not ready: "
@@ -287,5 +281,5 @@ class DataPlane:
         """Same semantics as :meth:`infer`, on the calling thread (in-process SDK use)."""
         s = self.servable(model, version)
         assert s.model is not None and s.executor is not None
-        probabilities = s.executor.run(s.model.prepare(request)).result()
-        return s.model.respond(request, probabilities)
+        outputs = s.executor.run(s.model.prepare(request)).result()
+        return s.model.respond(request, outputs)

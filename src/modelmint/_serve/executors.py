@@ -1,7 +1,8 @@
 """Where a model version's ONNX session runs: a thread of this process (the in-process SDK
 path, and tests), or a worker process of its own (the server; see :mod:`.worker` for why).
 
-Both take an FP32 batch and return a :class:`concurrent.futures.Future` of the probabilities,
+Both take the FP32 ``input`` batch and return a :class:`concurrent.futures.Future` of the
+outputs they were built for (the version's declared outputs: name -> array, batch axis first),
 so the sync SDK path (``.result()``) and the asyncio front end (``asyncio.wrap_future``) share
 one interface.
 """
@@ -9,6 +10,7 @@ one interface.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import mmap
 import os
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,12 +27,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._tensor_names import PROBABILITIES
 from ..errors import ModelNotReady, RepositoryError
-from .worker import BOOTSTRAP, INPUT, OUTPUT, can_raise_priority
+from .types import GraphTensors, Outputs
+from .worker import BOOTSTRAP, can_raise_priority, graph_tensors, run_session
 
 log = logging.getLogger("modelmint._serve")
 
-Shapes = dict[str, list[Any]]
 # Shared-memory slots per worker: requests in flight at once without copying through the pipe.
 # Bigger batches (or a burst beyond SLOTS) still work, through the pipe.
 SLOTS = 4
@@ -50,8 +53,8 @@ def raise_priority(pid: int, policy: int = os.SCHED_OTHER) -> None:
 
 
 class Executor(Protocol):
-    def run(self, batch: np.ndarray) -> Future[np.ndarray]: ...
-    def io(self) -> tuple[Shapes, Shapes]: ...
+    def run(self, batch: np.ndarray) -> Future[Outputs]: ...
+    def io(self) -> tuple[GraphTensors, GraphTensors]: ...
     def promote(self) -> None: ...
     def close(self) -> None: ...
 
@@ -59,10 +62,12 @@ class Executor(Protocol):
 class ThreadExecutor:
     """The session in this process, run on a shared bounded thread pool."""
 
-    def __init__(self, onnx: Path, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, onnx: Path, pool: ThreadPoolExecutor,
+                 outputs: Sequence[str] = (PROBABILITIES,)) -> None:
         from .worker import _session  # same options as the worker's
 
         self.pool = pool
+        self.outputs = list(outputs)
         try:
             self.session = _session(str(onnx), os.cpu_count() or 1, True)
         except RepositoryError:
@@ -70,15 +75,16 @@ class ThreadExecutor:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise RepositoryError(f"{onnx}: onnxruntime cannot load it ({exc})") from exc
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run([OUTPUT], {INPUT: batch})[0])
+    def _run(self, batch: np.ndarray) -> Outputs:
+        arrays = run_session(self.session, self.outputs, batch)
+        return dict(zip(self.outputs, arrays, strict=True))
 
-    def run(self, batch: np.ndarray) -> Future[np.ndarray]:
+    def run(self, batch: np.ndarray) -> Future[Outputs]:
         return self.pool.submit(self._run, batch)
 
-    def io(self) -> tuple[Shapes, Shapes]:
-        return ({i.name: list(i.shape) for i in self.session.get_inputs()},
-                {o.name: list(o.shape) for o in self.session.get_outputs()})
+    def io(self) -> tuple[GraphTensors, GraphTensors]:
+        return (graph_tensors(self.session.get_inputs()),
+                graph_tensors(self.session.get_outputs()))
 
     def promote(self) -> None:
         pass
@@ -88,22 +94,26 @@ class ThreadExecutor:
 
 
 class ProcessExecutor:
-    """A worker process owning the session; batches travel through a shared-memory slot ring.
+    """A worker process owning the session; batches travel through a shared-memory slot ring,
+    and the outputs come back through the same slot when they fit (else through the pipe).
 
-    ``on_exit(reason)`` is called (from the reader thread) if the worker dies on its own;
-    its in-flight requests then fail with :class:`ModelNotReady` (503/UNAVAILABLE).
+    ``outputs`` are the output names every run returns. ``on_exit(reason)`` is called (from
+    the reader thread) if the worker dies on its own; its in-flight requests then fail with
+    :class:`ModelNotReady` (503/UNAVAILABLE).
     """
 
-    def __init__(self, onnx: Path, crop: int, what: str, *, arena: bool = True,
+    def __init__(self, onnx: Path, crop: int, what: str, *,
+                 outputs: Sequence[str] = (PROBABILITIES,), arena: bool = True,
                  jemalloc: bool = False, on_exit: Callable[[str], None] | None = None) -> None:
         self.what = what
+        self.outputs = list(outputs)
         self.on_exit = on_exit
         self.slot_bytes = SLOT_IMAGES * 3 * crop * crop * 4
         self._lock = threading.Lock()
         # Separate from _lock: a big payload being sent must not stop the reader answering.
         self._send_lock = threading.Lock()
         self._free = list(range(SLOTS))
-        self._pending: dict[int, tuple[Future[np.ndarray], int | None]] = {}
+        self._pending: dict[int, tuple[Future[Outputs], int | None]] = {}
         self._next_id = 0
         self._closing = False
         self.dead: str | None = None
@@ -120,7 +130,7 @@ class ProcessExecutor:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(onnx),
                  self._shm_path, str(SLOTS), str(self.slot_bytes), str(os.cpu_count() or 1),
-                 "1" if arena else "0", idle],
+                 "1" if arena else "0", idle, json.dumps(self.outputs)],
                 # Its own session: a Ctrl-C or a signal to the server's process group is the
                 # server's to handle (it stops its workers); a worker whose server died exits
                 # on the socket's EOF.
@@ -134,7 +144,7 @@ class ProcessExecutor:
             theirs.close()
         self.conn = Connection(ours.detach())
         self._promoted: Future[bool] = Future()
-        self._started: Future[tuple[Shapes, Shapes]] = Future()
+        self._started: Future[tuple[GraphTensors, GraphTensors]] = Future()
         self._reader = threading.Thread(target=self._read, name=f"modelmint-worker-{what}",
                                         daemon=True)
         self._reader.start()
@@ -151,7 +161,7 @@ class ProcessExecutor:
     def pid(self) -> int:
         return self.proc.pid
 
-    def io(self) -> tuple[Shapes, Shapes]:
+    def io(self) -> tuple[GraphTensors, GraphTensors]:
         """Block until the worker has created its session (or failed to)."""
         try:
             return self._started.result(START_TIMEOUT_S)
@@ -164,8 +174,8 @@ class ProcessExecutor:
         if not self._promoted.result(10):
             log.warning("%s: could not raise the worker back to SCHED_OTHER", self.what)
 
-    def run(self, batch: np.ndarray) -> Future[np.ndarray]:
-        future: Future[np.ndarray] = Future()
+    def run(self, batch: np.ndarray) -> Future[Outputs]:
+        future: Future[Outputs] = Future()
         with self._lock:
             if self.dead is not None:
                 raise ModelNotReady(f"{self.what}: {self.dead}")
@@ -225,17 +235,21 @@ class ProcessExecutor:
         with self._lock:
             future, slot = self._pending.pop(request_id)
         if kind == "err":
-            result: np.ndarray | None = None
+            result: Outputs | None = None
             error = RepositoryError(f"{self.what}: onnxruntime failed: {message[2]}")
         else:
-            shape, payload = message[2], message[3]
-            count = int(np.prod(shape))
-            if payload is None:
-                assert slot is not None
-                result = np.frombuffer(self._shared, np.float32, count,
-                                       slot * self.slot_bytes).reshape(shape).copy()
-            else:
-                result = np.frombuffer(payload, np.float32).reshape(shape)
+            layout, payloads = message[2], message[3]
+            result = {}
+            for i, (name, (dtype, shape, offset)) in enumerate(
+                    zip(self.outputs, layout, strict=True)):
+                count = int(np.prod(shape))
+                if payloads is None:
+                    assert slot is not None
+                    result[name] = np.frombuffer(
+                        self._shared, np.dtype(dtype), count,
+                        slot * self.slot_bytes + offset).reshape(shape).copy()
+                else:
+                    result[name] = np.frombuffer(payloads[i], np.dtype(dtype)).reshape(shape)
         if slot is not None:
             with self._lock:
                 self._free.append(slot)

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._repository import ModelRepository
+from .._settings import DEFAULT_MAX_REQUEST_BYTES
 from ..errors import InvalidInput, MintError, ModelNotReady, PayloadTooLarge, ServerBusy
 from . import tfserving
 from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
@@ -36,7 +37,6 @@ from .dataplane import DataPlane, parse_version
 
 log = logging.getLogger("modelmint._serve")
 
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 

@@ -42,7 +42,6 @@ from starlette.routing import Route
 from ..errors import MintError, NotFound
 from .types import InferRequest, InferResponse
 
-DEFAULT_METRICS_PORT = 8002
 # Latency buckets: 0.5 ms * 2**(k/7), 0.5 ms .. ~10 s (100 boundaries). Adjacent boundaries
 # differ by 10.4 %, so any quantile histogram_quantile() reads, p999 included, lies within one
 # bucket of the truth: at most ~10 % off. Coarser default buckets (.005, .01, .025, ...) put

@@ -1,10 +1,11 @@
 """One model version's request semantics: which inputs are accepted, validation,
 preprocessing of the raw inputs (``image``, ``audio`` WAV files or ``text`` UTF-8 strings, by
-the version's preprocessing kind), classification post-processing and their error messages.
+the version's preprocessing kind; a ``tensor`` model takes only its FP32 ``input``), the
+declared outputs, classification post-processing and their error messages.
 
 Where the ONNX session runs is not its concern (see :mod:`.executors`): :meth:`LoadedModel.prepare`
 turns a request into the FP32 batch an executor runs, :meth:`LoadedModel.respond` turns the
-probabilities into the response. Must not import torch.
+executor's outputs into the response. Must not import torch.
 """
 
 from __future__ import annotations
@@ -16,19 +17,34 @@ import numpy as np
 from .._data.audio import AudioSpec, preprocess_audio_batch
 from .._data.preprocess import ImageSpec, preprocess_batch
 from .._data.text import TextEncoder, TextSpec, decode_texts
-from .._repository import ONNX_FILE, WARMUP_DIR, ModelMetadata, VersionRef
-from .._repository.metadata import RAW_INPUTS, input_shape
+from .._repository import ONNX_FILE, WARMUP_DIR, ModelMetadata, TensorSpec, VersionRef
+from .._repository.metadata import input_shape
+from .._tensor_names import PROBABILITIES, TENSOR_INPUT
 from ..errors import InvalidInput, MintError, RepositoryError
 from .codec import decode_request
-from .types import BYTES, InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
+from .types import (
+    BYTES,
+    GraphTensors,
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    Outputs,
+    RequestedOutput,
+    v2_datatype,
+)
 
 PLATFORM = "onnxruntime_onnx"
-TENSOR_INPUT = "input"
-IMAGE_INPUT = "image"
-OUTPUT = "probabilities"
+CLASSIFICATION = "classification"  # the output parameter of the classification extension
 # Bounds memory per request: a 16 MiB body of tiny PNGs would otherwise expand to tens of
 # GiB of FP32 tensors. Clients split larger jobs (the SDK sends 16 per request).
 DEFAULT_MAX_BATCH_SIZE = 64
+_RAW_ELEMENTS = {"image": "one encoded image file", "audio": "one sound file",
+                 "text": "one UTF-8 string"}
+
+
+def _dims(shape: list[Any]) -> str:
+    return "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
 
 
 class LoadedModel:
@@ -43,10 +59,20 @@ class LoadedModel:
         self.labels = list(self.metadata.labels)
         self.spec = self.metadata.preprocessing
         self.max_batch_size = max_batch_size
-        self.raw_input = RAW_INPUTS[self.spec.kind]  # "image", "audio" or "text"
+        inputs, outputs = self.metadata.signature
+        # The BYTES input beside ``input`` ("image", "audio", "text"), if the version has one.
+        self.raw_input = next((t.name for t in inputs if t.datatype == BYTES), None)
         self.item_shape = input_shape(self.spec)  # of ``input``, without the batch axis
+        self.outputs: dict[str, TensorSpec] = {t.name: t for t in outputs}
+        # The classification extension needs class scores and the labels that name them.
+        self.classifier = PROBABILITIES if self.labels and PROBABILITIES in self.outputs else None
         # Vocabulary lookups are built once per version, not per request.
         self._text = TextEncoder(self.spec) if isinstance(self.spec, TextSpec) else None
+
+    @property
+    def output_names(self) -> list[str]:
+        """The declared outputs, in order: what every execution computes."""
+        return list(self.outputs)
 
     @property
     def slot_crop(self) -> int:
@@ -54,22 +80,35 @@ class LoadedModel:
         whose 4.8 MB slots hold 8 log-mels or TF-IDF rows of up to 150k terms."""
         return self.spec.crop if isinstance(self.spec, ImageSpec) else 224
 
-    def check_io(self, inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]) -> None:
-        """Refuse at load time a graph that would fail (with a 500) on every request."""
+    def check_io(self, inputs: GraphTensors, outputs: GraphTensors) -> None:
+        """Refuse at load time a graph that would fail (with a 500) on every request: the
+        declared signature (modelmint.json) must match the graph."""
         where = self.ref.path / ONNX_FILE
-        if TENSOR_INPUT not in inputs or OUTPUT not in outputs:
-            raise RepositoryError(f"{where}: expected input {TENSOR_INPUT!r} and output "
-                                  f"{OUTPUT!r}, found {sorted(inputs)} -> {sorted(outputs)}")
-        shape = list(inputs[TENSOR_INPUT])
-        if (len(shape) != 1 + len(self.item_shape) or isinstance(shape[0], int)
-                or shape[1:] != self.item_shape):
-            raise RepositoryError(f"{where}: input {TENSOR_INPUT!r} has shape {shape}, expected "
-                                  f"[batch, {', '.join(map(str, self.item_shape))}] with a "
-                                  "dynamic batch axis")
-        classes = list(outputs[OUTPUT])[-1]
-        if isinstance(classes, int) and classes != len(self.labels):
-            raise RepositoryError(f"{where}: output {OUTPUT!r} has {classes} classes but "
-                                  f"modelmint.json lists {len(self.labels)} labels")
+        if TENSOR_INPUT not in inputs:
+            raise RepositoryError(f"{where}: expected input {TENSOR_INPUT!r}, found "
+                                  f"{sorted(inputs)}")
+        datatype, shape = inputs[TENSOR_INPUT]
+        if (datatype not in (None, "FP32") or len(shape) != 1 + len(self.item_shape)
+                or isinstance(shape[0], int) or list(shape[1:]) != self.item_shape):
+            raise RepositoryError(f"{where}: input {TENSOR_INPUT!r} is {datatype or 'FP32'} "
+                                  f"{list(shape)}, expected FP32 [batch, "
+                                  f"{', '.join(map(str, self.item_shape))}] with a dynamic "
+                                  "batch axis")
+        missing = [name for name in self.outputs if name not in outputs]
+        if missing:
+            raise RepositoryError(f"{where}: has no output {missing[0]!r}, which modelmint.json "
+                                  f"declares; the graph's outputs are {sorted(outputs)}")
+        for name, spec in self.outputs.items():
+            datatype, shape = outputs[name]
+            fixed = [(d, g) for d, g in zip(spec.shape[1:], shape[1:], strict=False)
+                     if d != -1 and isinstance(g, int)]
+            if ((datatype is not None and datatype != spec.datatype)
+                    or (shape and (len(shape) != len(spec.shape) or isinstance(shape[0], int)))
+                    or any(d != g for d, g in fixed)):
+                raise RepositoryError(f"{where}: output {name!r} is {datatype or '?'} "
+                                      f"{list(shape)}, but modelmint.json declares "
+                                      f"{spec.datatype} {spec.shape} (the batch axis first, "
+                                      "dynamic)")
 
     def warmup_requests(self) -> list[InferRequest]:
         """The recorded requests replayed before this version takes traffic."""
@@ -94,24 +133,43 @@ class LoadedModel:
     # --- request semantics: prepare (on a thread), then respond -----------------------------
 
     def prepare(self, request: InferRequest) -> np.ndarray:
-        """Validate and preprocess: the FP32 batch the executor runs."""
+        """Validate (inputs and requested outputs) and preprocess: the FP32 batch to run."""
+        self._requested(request.outputs)  # a bad output request fails before running
         return self._batch(request.inputs)
 
-    def respond(self, request: InferRequest, probabilities: np.ndarray) -> InferResponse:
+    def respond(self, request: InferRequest, outputs: Outputs) -> InferResponse:
         rows = request.inputs[0].shape[0]  # prepare() has validated the request
-        if probabilities.shape != (rows, len(self.labels)):
-            raise RepositoryError(f"model {self.name!r} version {self.version}: output "
-                                  f"{OUTPUT!r} has shape {list(probabilities.shape)}, expected "
-                                  f"[{rows}, {len(self.labels)}]")
-        outputs = [self._output(r, probabilities) for r in self._requested(request.outputs)]
-        return InferResponse(self.name, str(self.version), request.id, outputs)
+        result = []
+        for requested in self._requested(request.outputs):
+            spec = self.outputs[requested.name]
+            data = outputs.get(requested.name)
+            self._check_output(spec, data, rows)
+            assert data is not None
+            result.append(self._output(requested, spec, data))
+        return InferResponse(self.name, str(self.version), request.id, result)
+
+    def _check_output(self, spec: TensorSpec, data: np.ndarray | None, rows: int) -> None:
+        """What the graph returned must be what modelmint.json declares (else a 500)."""
+        expected = [rows, *spec.shape[1:]]
+        if data is not None and data.ndim == len(expected) and all(
+                d in (-1, g) for d, g in zip(expected, data.shape, strict=True)):
+            try:
+                if v2_datatype(data.dtype) == spec.datatype:
+                    return
+            except InvalidInput:
+                pass
+        got = "nothing" if data is None else f"{data.dtype} {list(data.shape)}"
+        raise RepositoryError(f"model {self.name!r} version {self.version}: output "
+                              f"{spec.name!r} is {got}, expected {spec.datatype} {expected}")
 
     def _expects(self) -> str:
-        dims = ", ".join(map(str, self.item_shape))
+        tensor = f"{TENSOR_INPUT!r} (FP32 {_dims([-1, *self.item_shape])})"
+        if self.raw_input is None:
+            return f"model {self.name!r} takes exactly one input: {tensor}"
         what = {"image": "encoded image files", "audio": "sound files such as WAV",
                 "text": "UTF-8 strings"}[self.spec.kind]
-        return (f"model {self.name!r} takes exactly one of {TENSOR_INPUT!r} (FP32 [N, {dims}]) "
-                f"or {self.raw_input!r} (BYTES [N], {what})")
+        return (f"model {self.name!r} takes exactly one of {tensor} or {self.raw_input!r} "
+                f"(BYTES [N], {what})")
 
     def _batch(self, inputs: list[InferInput]) -> np.ndarray:
         names = [t.name for t in inputs]
@@ -145,16 +203,14 @@ class LoadedModel:
             raise InvalidInput(f"input {TENSOR_INPUT!r}: data is {data.dtype} "
                                f"{list(data.shape)}, {expected}")
         self._check_batch(TENSOR_INPUT, shape[0])
-        # NaN/inf would propagate to NaN probabilities, which JSON cannot even carry.
+        # NaN/inf would propagate to NaN outputs, which JSON cannot even carry.
         if not np.isfinite(data).all():
             raise InvalidInput(f"input {TENSOR_INPUT!r}: contains NaN or infinite values")
         return np.ascontiguousarray(data)
 
     def _raw_batch(self, tensor: InferInput) -> np.ndarray:
-        name, kind = self.raw_input, self.spec.kind
-        element = {"image": "one encoded image file", "audio": "one sound file",
-                   "text": "one UTF-8 string"}[kind]
-        expected = f"expected BYTES [N] ({element} per element) with N >= 1"
+        name, kind = tensor.name, self.spec.kind
+        expected = f"expected BYTES [N] ({_RAW_ELEMENTS[kind]} per element) with N >= 1"
         if tensor.datatype != BYTES:
             raise InvalidInput(f"input {name!r}: datatype is {tensor.datatype}, {expected}")
         if len(tensor.shape) != 1 or tensor.shape[0] < 1:
@@ -179,33 +235,43 @@ class LoadedModel:
         return preprocess_batch(blobs, self.spec, name=name)
 
     def _requested(self, requested: list[RequestedOutput]) -> list[RequestedOutput]:
+        """The outputs to return (none asked: every declared one), validated."""
         if not requested:
-            return [RequestedOutput(OUTPUT)]
+            return [RequestedOutput(name) for name in self.outputs]
         seen: set[str] = set()
         for out in requested:
-            if out.name != OUTPUT:
+            if out.name not in self.outputs:
                 raise InvalidInput(f"unknown output {out.name!r}; model {self.name!r} has "
-                                   f"outputs [{OUTPUT!r}]")
+                                   f"outputs {list(self.outputs)}")
             if out.name in seen:
                 raise InvalidInput(f"output {out.name!r} is requested more than once")
             seen.add(out.name)
+            k = out.parameters.get(CLASSIFICATION)
+            if k is None:
+                continue
+            if out.name != self.classifier:
+                which = (f"this model's is {self.classifier!r}" if self.classifier
+                         else "this model has none")
+                raise InvalidInput(f"output {out.name!r}: parameter {CLASSIFICATION!r} applies "
+                                   f"only to a classifier's class scores; {which}")
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise InvalidInput(f"output {out.name!r}: parameter {CLASSIFICATION!r} must be "
+                                   f"an integer >= 1, got {k!r}")
         return requested
 
-    def _output(self, requested: RequestedOutput, probabilities: np.ndarray) -> InferOutput:
-        k = requested.parameters.get("classification")
-        n, classes = probabilities.shape
+    def _output(self, requested: RequestedOutput, spec: TensorSpec,
+                data: np.ndarray) -> InferOutput:
+        k = requested.parameters.get(CLASSIFICATION)
         if k is None:
-            return InferOutput(OUTPUT, "FP32", [n, classes], probabilities)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InvalidInput(f"output {OUTPUT!r}: parameter 'classification' must be an "
-                               f"integer >= 1, got {k!r}")
+            return InferOutput(spec.name, spec.datatype, list(data.shape), data)
+        n, classes = data.shape  # _requested() allowed it: the classifier's [N, classes]
         k = min(k, classes)
         # Stable sort on the negated scores: ties keep the lower class index first.
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        order = np.argsort(-data, axis=1, kind="stable")[:, :k]
         out = np.empty((n, k), dtype=np.object_)
         for row in range(n):
             for col, index in enumerate(order[row]):
                 # Triton's format: std::to_string(float) is printf("%f"), then index and label.
-                score = float(probabilities[row, index])
+                score = float(data[row, index])
                 out[row, col] = f"{score:f}:{int(index)}:{self.labels[index]}".encode()
-        return InferOutput(OUTPUT, BYTES, [n, k], out)
+        return InferOutput(spec.name, BYTES, [n, k], out)

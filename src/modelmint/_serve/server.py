@@ -14,10 +14,16 @@ from typing import Any, Literal
 
 import uvicorn
 
+from .._settings import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_METRICS_PORT,
+)
 from ..errors import MintError
 from .dataplane import DataPlane
 from .grpc import GrpcServer
-from .http import DEFAULT_MAX_REQUEST_BYTES, create_app
+from .http import create_app
 from .metrics import MetricsServer
 
 log = logging.getLogger("modelmint._serve")
@@ -95,10 +101,10 @@ def _configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
+def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               log_level: str = "warning", grpc_port: int | None = 8001,
-               metrics_port: int | None = 8002, poll_interval_s: float = 0.0,
+               log_level: str = "warning", grpc_port: int | None = DEFAULT_GRPC_PORT,
+               metrics_port: int | None = DEFAULT_METRICS_PORT, poll_interval_s: float = 0.0,
                isolation: Literal["thread", "process"] = "process") -> None:
     """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally.
 
@@ -125,8 +131,8 @@ def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = 8000,
         dataplane.close()
 
 
-def build_server(dataplane: DataPlane, host: str = "127.0.0.1", http_port: int = 8000,
-                 grpc_port: int | None = 8001,
+def build_server(dataplane: DataPlane, host: str = "127.0.0.1",
+                 http_port: int = DEFAULT_HTTP_PORT, grpc_port: int | None = DEFAULT_GRPC_PORT,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  log_level: str = "warning", metrics_port: int | None = None,
                  ) -> tuple[ModelServer, socket.socket]:

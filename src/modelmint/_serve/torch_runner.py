@@ -1,5 +1,5 @@
 """Serving a partitioned version: a ``torch.export`` program whose engine groups call ONNX
-Runtime (see :mod:`modelmint._optimize.partition_compile`), behind the same small interface as
+Runtime (the format of :mod:`.partitioned`), behind the same small interface as
 an ONNX Runtime session (``get_inputs``, ``get_outputs``, ``run``), so the worker process and
 the in-process executor use it unchanged.
 
@@ -24,7 +24,7 @@ from ..errors import RepositoryError
 
 RUNTIME_FIELD = "runtime"
 TORCH_PARTITIONED = "torch-partitioned"
-PROGRAM_FILE = "model.pt2"  # same name as partition_compile.PROGRAM_FILE (that imports torch)
+PROGRAM_FILE = "model.pt2"  # here, not in .partitioned: that module imports torch
 INPUT = "input"
 
 
@@ -62,8 +62,7 @@ class TorchSession:
         try:
             import torch
 
-            from .._optimize import partition_op
-            from .._optimize.partition_compile import load_program
+            from . import partitioned
         except ImportError as exc:
             raise RepositoryError(
                 f"{version_dir}: this version runs as {TORCH_PARTITIONED!r} (a torch.export "
@@ -78,15 +77,15 @@ class TorchSession:
         self.crop = meta.image_spec().crop
         self.threads = threads
         self._torch = torch
-        partition_op.threads = threads
+        partitioned.threads = threads
         torch.set_num_threads(threads)
         try:
-            self.module = load_program(program)
+            self.module = partitioned.load_program(program)
         except Exception as exc:  # torch.export.load raises many untyped errors
             raise RepositoryError(f"{program}: torch.export cannot load it ({exc})") from exc
         # The executors just drop their session when a version is unloaded: free the ORT
         # sessions of its subgraphs with it (they are cached per process, by content).
-        weakref.finalize(self, partition_op.release, partition_op.keys_in(self.module))
+        weakref.finalize(self, partitioned.release, partitioned.keys_in(self.module))
 
     def get_inputs(self) -> list[_Tensor]:
         return [_Tensor(INPUT, ["batch", 3, self.crop, self.crop])]

@@ -34,6 +34,20 @@ _NUMERIC: dict[str, np.dtype[Any]] = {
 }
 BYTES = "BYTES"
 DATATYPES: tuple[str, ...] = (*_NUMERIC, BYTES)
+# ONNX Runtime's element type names (``NodeArg.type``) -> V2 datatypes.
+ONNX_DATATYPES = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": BYTES,
+}
+
+# One execution's results: output name -> array, batch axis first.
+Outputs = dict[str, np.ndarray]
+# A graph's inputs or outputs as its session reports them: name -> (V2 datatype, or None when
+# the session does not say; shape, with str or None for dynamic axes).
+GraphTensors = dict[str, tuple[str | None, list[Any]]]
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:

@@ -10,18 +10,26 @@ idle policy) back to ``SCHED_OTHER`` and then takes traffic.
 
 Protocol (pickled tuples over a :class:`multiprocessing.connection.Connection`):
 
-* child → parent, once: ``("ready", inputs, outputs)`` (name → shape) or ``("error", message)``
-* parent → child: ``("run", id, slot, shape, payload)``: the FP32 batch is in shared-memory
-  ``slot`` (``payload`` None) or, when no slot was free or it is too big, in ``payload``
-* child → parent: ``("ok", id, shape, payload)`` (probabilities written back over the input
-  in the same slot, or in ``payload``) or ``("err", id, message)``
+* child → parent, once: ``("ready", inputs, outputs)`` (name → (V2 datatype or None, shape),
+  see :data:`.types.GraphTensors`) or ``("error", message)``
+* parent → child: ``("run", id, slot, shape, payload)``: the FP32 ``input`` batch is in
+  shared-memory ``slot`` (``payload`` None) or, when no slot was free or it is too big, in
+  ``payload``
+* child → parent: ``("ok", id, layout, payloads)`` with one ``(dtype, shape, offset)`` per output
+  the worker was started with (argv), in that order: ``payloads`` None means every output was
+  written back into the same slot at its byte offset (over the input, no longer needed);
+  otherwise ``payloads`` holds each output's bytes (no slot, or they do not all fit in it).
+  Or ``("err", id, message)``.
 * parent → child: ``("promote",)`` → ``("promoted", ok)``; EOF or ``("stop",)``: exit
+
+Every output must have the batch axis first: the dynamic batcher splits them along it.
 
 This module must not import torch (nor anything heavier than NumPy and onnxruntime).
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import sys
@@ -31,14 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from .._tensor_names import TENSOR_INPUT
 from ..errors import RepositoryError
+from .types import ONNX_DATATYPES, GraphTensors
 
-OUTPUT = "probabilities"
-INPUT = "input"
+# Output byte offsets in a slot are multiples of this: every dtype's alignment.
+ALIGN = 8
 
 # Run by ``python -c``: the policy is lowered before the first import, so even importing
 # NumPy and onnxruntime happens at idle priority. argv: fd, onnx, shm path, slots, slot bytes,
-# threads, arena (0/1), idle (0/1).
+# threads, arena (0/1), idle (0/1), output names (a JSON list).
 BOOTSTRAP = (
     "import os, sys\n"
     "if sys.argv[8] == '1':\n"
@@ -89,8 +99,25 @@ def _session(onnx: str, threads: int, arena: bool) -> Any:
     return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
 
+def graph_tensors(args: list[Any]) -> GraphTensors:
+    """A session's ``get_inputs()``/``get_outputs()`` as name -> (V2 datatype, shape)."""
+    return {a.name: (ONNX_DATATYPES.get(str(getattr(a, "type", ""))), list(a.shape))
+            for a in args}
+
+
+def run_session(session: Any, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
+    """The named outputs for one FP32 ``input`` batch, as contiguous arrays."""
+    results = session.run(names, {TENSOR_INPUT: batch})
+    arrays = [np.ascontiguousarray(r) for r in results]
+    for name, array in zip(names, arrays, strict=True):
+        if array.dtype.kind not in "biuf":
+            raise RepositoryError(f"output {name!r} is a {array.dtype} tensor; only numeric "
+                                  "outputs are served")
+    return arrays
+
+
 def main(argv: list[str]) -> None:
-    fd, onnx, shm_path, slots, slot_bytes, threads, arena = argv[:7]
+    fd, onnx, shm_path, slots, slot_bytes, threads, arena, _idle, outputs = argv[:9]
     conn = Connection(int(fd))
     try:
         session = _session(onnx, int(threads), arena == "1")
@@ -103,13 +130,13 @@ def main(argv: list[str]) -> None:
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
         conn.send(("error", f"onnxruntime cannot load it ({exc})"))
         return
-    inputs = {i.name: list(i.shape) for i in session.get_inputs()}
-    outputs = {o.name: list(o.shape) for o in session.get_outputs()}
-    conn.send(("ready", inputs, outputs))
-    _serve(conn, session, shared, int(slot_bytes))
+    conn.send(("ready", graph_tensors(session.get_inputs()),
+               graph_tensors(session.get_outputs())))
+    _serve(conn, session, json.loads(outputs), shared, int(slot_bytes))
 
 
-def _serve(conn: Connection, session: Any, shared: mmap.mmap | None, slot_bytes: int) -> None:
+def _serve(conn: Connection, session: Any, names: list[str], shared: mmap.mmap | None,
+           slot_bytes: int) -> None:
     while True:
         try:
             message = conn.recv()
@@ -130,16 +157,22 @@ def _serve(conn: Connection, session: Any, shared: mmap.mmap | None, slot_bytes:
                 batch = batch.reshape(shape)
             else:
                 batch = np.frombuffer(payload, np.float32).reshape(shape)
-            probs = np.ascontiguousarray(session.run([OUTPUT], {INPUT: batch})[0], np.float32)
+            arrays = run_session(session, names, batch)
         except Exception as exc:  # a failed run answers this request only
             conn.send(("err", request_id, str(exc)))
             continue
-        if payload is None and shared is not None and probs.nbytes <= slot_bytes:
-            view = np.frombuffer(shared, np.float32, probs.size, slot * slot_bytes)
-            view[:] = probs.ravel()
-            conn.send(("ok", request_id, list(probs.shape), None))
+        layout, offset = [], 0
+        for array in arrays:
+            layout.append((array.dtype.str, list(array.shape), offset))
+            offset += -(-array.nbytes // ALIGN) * ALIGN
+        if payload is None and shared is not None and offset <= slot_bytes:
+            base = slot * slot_bytes
+            for array, (_, _, start) in zip(arrays, layout, strict=True):
+                view = np.frombuffer(shared, np.uint8, array.nbytes, base + start)
+                view[:] = array.reshape(-1).view(np.uint8)
+            conn.send(("ok", request_id, layout, None))
         else:
-            conn.send(("ok", request_id, list(probs.shape), probs.tobytes()))
+            conn.send(("ok", request_id, layout, [array.tobytes() for array in arrays]))
 
 
 if __name__ == "__main__":

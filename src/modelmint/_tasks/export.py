@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._repository import ONNX_FILE, WEIGHTS_FILE
-from .._train.export import OPSET, ServingHead, check_onnx
+from .._repository import ONNX_FILE, OPSET, WEIGHTS_FILE
+from .._train.export import ServingHead, check_onnx
 
 
 def export_checked(model: nn.Module, directory: Path, sample: np.ndarray,

@@ -1,6 +1,2 @@
-"""Training: transfer learning from ImageNet backbones, evaluation, publishing."""
-
-from .loop import Hyper
-from .run import TrainOptions, TrainResult, resume, train
-
-__all__ = ["Hyper", "TrainOptions", "TrainResult", "resume", "train"]
+"""Training building blocks: ImageNet backbones split into a frozen prefix and a tail, cached
+activations, the two-stage loop with checkpoints, ONNX export, evaluation metrics."""

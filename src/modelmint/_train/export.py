@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._repository import OPSET
 from ..errors import RepositoryError
 
-OPSET = 17
 ONNX_TOLERANCE = 1e-4  # max |ONNX - torch| logit difference, relative to scales above 1
 
 

@@ -30,8 +30,8 @@ from torch import nn
 
 from ..._data.audio import AudioSpec, feature_matrix
 from ..._data.dataset import TaskData
+from ..contract import Trial
 from ..export import export_checked, linear_from_sklearn
-from ..registry import register
 
 TASK = "audio-classification"
 SPEC = AudioSpec()
@@ -67,7 +67,7 @@ class AudioFitted:
     sample: np.ndarray  # a few val log-mels, to check the ONNX graph against torch
     stop_reason: str = ""
 
-    def val_probabilities(self) -> np.ndarray:
+    def val_predictions(self) -> np.ndarray:
         return self.probabilities
 
     def export(self, directory: Path) -> None:
@@ -124,7 +124,7 @@ class LogmelStatsCandidate:
         n = len(data.train) + len(data.val)
         return (0.0 if _features_cached(data) else FEATURE_SECONDS_PER_CLIP * n) + 3.0
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> AudioFitted:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
@@ -221,7 +221,7 @@ class SpectrogramCNNCandidate:
         # The least worth running: 8 epochs of the narrow net.
         return features + 8 * CNN_SECONDS_PER_CLIP_EPOCH[16] * len(data.train) + 2.0
 
-    def suggest(self, trial: optuna.Trial | None) -> dict[str, Any]:
+    def suggest(self, trial: Trial | None) -> dict[str, Any]:
         if trial is None:
             return {"lr": 3e-3, "epochs": 20, "width": 16, "batch_size": 64,
                     "augment": 1.0, "weight_decay": 1e-3, "cmn": True}
@@ -235,7 +235,7 @@ class SpectrogramCNNCandidate:
             "cmn": trial.suggest_categorical("cnn.cmn", [True, False]),
         }
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> AudioFitted:
         params = self.suggest(trial)
         x_train, y_train, x_val, y_val = _arrays(data)
@@ -294,8 +294,5 @@ class SpectrogramCNNCandidate:
                        stop_reason)
 
 
-def _audio_candidates() -> list[Any]:
+def audio_candidates() -> list[Any]:
     return [LogmelStatsCandidate(), SpectrogramCNNCandidate()]
-
-
-register(_audio_candidates)

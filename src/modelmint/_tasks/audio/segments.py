@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ..._data.dataset import TaskData
+from ..contract import Trial
 from ..export import linear_from_sklearn
-from ..registry import register
 from .candidates import (
     FEATURE_SECONDS_PER_CLIP,
     MIN_SCALE,
@@ -112,7 +112,7 @@ class LogmelSegmentsCandidate:
         n = len(data.train) + len(data.val)
         return (0.0 if _features_cached(data) else FEATURE_SECONDS_PER_CLIP * n) + 4.0
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> AudioFitted:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
@@ -170,7 +170,7 @@ class SegmentMLPCandidate:
         features = 0.0 if _features_cached(data) else FEATURE_SECONDS_PER_CLIP * n
         return features + 20 * MLP_SECONDS_PER_CLIP_EPOCH * len(data.train) + 2.0
 
-    def suggest(self, trial: optuna.Trial | None) -> dict[str, Any]:
+    def suggest(self, trial: Trial | None) -> dict[str, Any]:
         if trial is None:
             return {"lr": 3e-3, "epochs": 60, "hidden": 256, "warp": 0.1,
                     "weight_decay": 1e-2, "segments": 5}
@@ -187,7 +187,7 @@ class SegmentMLPCandidate:
         """The defaults, in Optuna's names: the driver enqueues them as the first trial."""
         return {f"mlp.{key}": value for key, value in self.suggest(None).items()}
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> AudioFitted:
         from .candidates import one_cycle
 
@@ -243,8 +243,5 @@ class SegmentMLPCandidate:
                        stop_reason)
 
 
-def _segment_candidates() -> list[Any]:
+def segment_candidates() -> list[Any]:
     return [LogmelSegmentsCandidate(), SegmentMLPCandidate()]
-
-
-register(_segment_candidates)

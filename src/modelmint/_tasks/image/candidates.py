@@ -10,13 +10,16 @@ the tail; the blocks of the tail left frozen are still computed each epoch (chea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
+from torch import nn
 from PIL import Image
 from rich.console import Console
 
@@ -28,11 +31,12 @@ from ..._train.backbone import Classifier
 from ..._train.cache import ActivationCache, build_cache
 from ..._train.export import check_onnx, export_onnx
 from ..._train.loop import CHECKPOINT, Hyper, LoopState, Trainer
-from ..registry import register
+from ..contract import Trial
 from .backbones import IMAGE_BACKBONES, ImageBackbone
 
 TASK = "image-classification"
 VIEWS = ["center", "hflip"]
+LOG_FILE = "log.jsonl"  # one JSON line per epoch
 # Seconds per training image per fine-tuning epoch on 2 CPU cores (measured, tail of 5 blocks).
 FINETUNE_SECONDS_PER_IMAGE = {"mobilenet_v2": 0.012, "tf_efficientnet_lite0": 0.016}
 PREFIX_SECONDS_PER_IMAGE = {"mobilenet_v2": 0.02, "tf_efficientnet_lite0": 0.025}
@@ -95,17 +99,20 @@ def _with_views(cache: ActivationCache, views: int) -> ActivationCache:
                            cache.val_y, cache.train_files, cache.val_files, views_kept)
 
 
-class _PruningReporter:
-    """The Trainer's reporter: fine-tuning epochs go to Optuna, which may stop the trial."""
+class _TrialReporter:
+    """The Trainer's reporter: every epoch goes to the trial's ``log.jsonl`` (the run's progress
+    and its curves); fine-tuning epochs also go to the study, whose pruner may stop the trial."""
 
-    def __init__(self, trial: optuna.Trial | None) -> None:
-        self.trial = trial
+    def __init__(self, trial: Trial | None, log: Path) -> None:
+        self.trial, self.log = trial, log
         self.stage_name = ""
 
     def stage(self, name: str, total_epochs: int) -> None:
         self.stage_name = name
 
     def epoch(self, record: dict[str, Any], seconds_left: float | None) -> None:
+        with self.log.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
         if self.trial is None or record["stage"] != "finetune":
             return
         self.trial.report(float(record["val_accuracy"]), int(record["epoch"]))
@@ -120,13 +127,14 @@ class ImageFitted:
     architecture: str
     preprocessing: dict[str, Any]
     params: dict[str, Any]
-    model: Classifier
+    model: nn.Module  # a Classifier when trained here; any image classifier when published
     probabilities: np.ndarray
     warmup: list[bytes]
     sample: np.ndarray  # a few preprocessed val images, to check the ONNX graph against torch
     stop_reason: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)  # recorded in modelmint.json
 
-    def val_probabilities(self) -> np.ndarray:
+    def val_predictions(self) -> np.ndarray:
         return self.probabilities
 
     def export(self, directory: Path) -> None:
@@ -165,7 +173,7 @@ class ImageCandidate:
         return prefix + 3.0 + 2 * 2 * len(data.train) * FINETUNE_SECONDS_PER_IMAGE[
             self.backbone.name]
 
-    def suggest(self, trial: optuna.Trial | None) -> dict[str, Any]:
+    def suggest(self, trial: Trial | None) -> dict[str, Any]:
         if self.kind == "baseline" or trial is None:
             return {"views": len(VIEWS), "head_lr": 1e-3, "batch_size": 32, "input_size": 224}
         p = f"{self.backbone.name}."
@@ -178,15 +186,17 @@ class ImageCandidate:
             "input_size": trial.suggest_categorical(p + "input_size", list(INPUT_SIZES)),
         }
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> ImageFitted:
         params = self.suggest(trial)
-        torch.manual_seed(0)
+        seed = int(data.extra.get("seed", 0))
+        torch.manual_seed(seed)
         model = self.backbone.build(len(data.labels))
         size = int(params["input_size"])
         spec = spec_for(self.backbone, size)
+        until = None if math.isinf(deadline) else deadline
         cache = activation_cache(self.backbone, model, data, workdir.parent.parent / "cache",
-                                 deadline, size)
+                                 until, size)
         cache = _with_views(cache, params["views"])
         if self.kind == "baseline":
             hyper = Hyper(batch_size=params["batch_size"], head_lr=params["head_lr"],
@@ -199,8 +209,11 @@ class ImageCandidate:
             for unit in list(model.tail.children())[:frozen]:
                 unit.requires_grad_(False)
         workdir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(model, cache, hyper, workdir, 0, None, deadline,
-                          _PruningReporter(trial if self.kind == "finetune" else None))
+        trainer = Trainer(model, cache, hyper, workdir, seed, None, until,
+                          _TrialReporter(trial if self.kind == "finetune" else None,
+                                         workdir / LOG_FILE))
+        if (workdir / CHECKPOINT).exists():  # a retried trial continues where it stopped
+            trainer.restore()
         # The step trace is always on (trials/NNN/profile/); --profile adds the deep window.
         profile = bool(data.extra.get("profile"))
         trainer.tracer = tracer_for_run(workdir, profile)
@@ -208,8 +221,7 @@ class ImageCandidate:
             state: LoopState = trainer.run()
         finally:
             finish_run(trainer.tracer, workdir, profile, Console(quiet=True))
-        # Resuming works trial by trial (a killed trial is run again), so the per-epoch
-        # checkpoint is only needed while the trial runs.
+        # A finished trial is never continued: its checkpoint has served.
         (workdir / CHECKPOINT).unlink(missing_ok=True)
         _, _, logits = trainer.validate()
         probs = torch.softmax(logits, 1).numpy()
@@ -220,13 +232,14 @@ class ImageCandidate:
         fitted = ImageFitted(self.backbone.name, spec.to_json(),
                              {**params, **used, "epochs_run": state.epochs,
                               "best": state.best_from},
-                             model.eval(), probs, warmup, sample, state.stop_reason)
+                             model.eval(), probs, warmup, sample, state.stop_reason,
+                             {"backbone": self.backbone.provenance()})
         if self.kind == "finetune" and state.finetune_epochs == 0:
             fitted.stop_reason = "no fine-tuning epoch fitted the time left; head only"
         return fitted
 
 
-def _image_candidates() -> list[ImageCandidate]:
+def image_candidates() -> list[ImageCandidate]:
     out = []
     for kind in ("baseline", "finetune"):
         for backbone in IMAGE_BACKBONES.values():
@@ -234,6 +247,3 @@ def _image_candidates() -> list[ImageCandidate]:
                 continue  # one cheap baseline is enough; the search covers the rest
             out.append(ImageCandidate(backbone, kind))
     return out
-
-
-register(_image_candidates)  # type: ignore[arg-type]

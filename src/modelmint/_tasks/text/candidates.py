@@ -36,8 +36,8 @@ from ..._data.dataset import TaskData
 from ..._data.text import TextEncoder, TextSpec, TfidfBlock
 from ..._train.export import ONNX_TOLERANCE
 from ...errors import RepositoryError
+from ..contract import Trial
 from ..export import export_checked, linear_from_sklearn
-from ..registry import register
 from .minilm import (
     EncoderClassifier,
     SentenceEncoder,
@@ -77,7 +77,7 @@ class TextFitted:
     stop_reason: str = ""
     warmup: list[bytes] = field(default_factory=list)
 
-    def val_probabilities(self) -> np.ndarray:
+    def val_predictions(self) -> np.ndarray:
         return self.probabilities
 
     def export(self, directory: Path) -> None:
@@ -177,7 +177,7 @@ class TfidfCandidate:
     def estimate_seconds(self, data: TaskData) -> float:
         return 1.0 + _vectorising_seconds(data, self.blocks or list(BLOCKS))
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> TextFitted:
         if self.blocks:
             blocks, C, weight = self.blocks, 30.0, "balanced"
@@ -239,7 +239,7 @@ class MiniLMCandidate:
     def estimate_seconds(self, data: TaskData) -> float:
         return 2.0 + minilm_seconds(data)
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> TextFitted:
         encoder, x_train, x_val = minilm_embeddings(data, deadline)
         y_train = np.array([y for _, y in data.train])
@@ -269,7 +269,7 @@ class StackedCandidate:
     def estimate_seconds(self, data: TaskData) -> float:
         return 3.0 + minilm_seconds(data) + _vectorising_seconds(data, self.blocks)
 
-    def fit(self, data: TaskData, trial: optuna.Trial | None, deadline: float,
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> TextFitted:
         import scipy.sparse as sp
 
@@ -297,12 +297,9 @@ class StackedCandidate:
                           val[:SAMPLE_ROWS], scores, warmup=[t.encode() for t in val[:3]])
 
 
-def _text_candidates() -> list[Any]:
+def text_candidates() -> list[Any]:
     # Baselines run in this order: the cheap TF-IDF ones first (word+char measured best on SMS
     # spam) so a tight budget still gets them, then the stacked model when encoding fits.
     return [TfidfCandidate(["word", "char"]), TfidfCandidate(["word"]),
             TfidfCandidate(["char"]), StackedCandidate("baseline"), TfidfCandidate(None),
             MiniLMCandidate(), StackedCandidate("finetune")]
-
-
-register(_text_candidates)

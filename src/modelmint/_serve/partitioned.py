@@ -1,14 +1,16 @@
-"""The operator that runs an ONNX subgraph inside a torch program: ``modelmint::onnx_subgraph``.
+"""The partitioned-program format: a ``torch.export`` program whose engine groups are calls of
+the operator ``modelmint::onnx_subgraph``, and how a server loads and runs one.
 
-A partitioned program (see :mod:`.partition_compile`) is a ``torch.export`` program in which
-every engine group was replaced by one call ``onnx_subgraph(key, onnx_bytes, inputs)``: the
+Each engine group of the program is one call ``onnx_subgraph(key, onnx_bytes, inputs)``: the
 serialized ONNX model travels as a uint8 constant of the program itself, so the saved ``.pt2``
 file is the whole model and loading it needs this operator but not the model's Python source.
-Importing this module registers the operator; :mod:`modelmint._serve.torch_runner` does so
-before it loads a program.
+Importing this module registers the operator (it imports torch: only
+:class:`.torch_runner.TorchSession` and the compiler that writes programs import it).
 
-One ONNX Runtime session per ``key`` (the SHA-256 of the bytes) is created on first use and
-cached for the life of the process.
+One ONNX Runtime session per ``key`` (the SHA-256 of the bytes, :func:`key_of`) is created on
+first use and cached for the life of the process; :func:`release` forgets them. The operator's
+fake (shape) implementation belongs to the compiler, which alone traces programs: a loaded
+program runs, it is never re-traced.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,19 +30,12 @@ OP_NAME = f"{NAMESPACE}::onnx_subgraph"
 
 _sessions: dict[str, Any] = {}
 _lock = threading.Lock()
-# key → a function computing the outputs' shapes on fake tensors: the group's original torch
-# code, known only while the program is being built (torch.export traces the op on fake
-# tensors then). A loaded program never traces, so it never needs this.
-_shape_functions: dict[str, Callable[..., Any]] = {}
-threads = os.cpu_count() or 1
+threads = os.cpu_count() or 1  # intra-op threads of each subgraph session made from now on
 
 
 def key_of(onnx_bytes: bytes) -> str:
+    """The key a program passes with a subgraph's bytes (its session's cache key)."""
     return hashlib.sha256(onnx_bytes).hexdigest()[:32]
-
-
-def register_shape_function(key: str, fn: Callable[..., Any]) -> None:
-    _shape_functions[key] = fn
 
 
 def release(keys: list[str]) -> None:
@@ -56,6 +51,11 @@ def keys_in(module: torch.nn.Module) -> list[str]:
     nodes = [] if graph is None else graph.nodes
     return [str(n.args[0]) for n in nodes
             if n.op == "call_function" and n.target is torch.ops.modelmint.onnx_subgraph.default]
+
+
+def load_program(path: Path) -> torch.nn.Module:
+    """The saved program (``torch.export.save``) as a callable module."""
+    return torch.export.load(str(path)).module()
 
 
 def _session(key: str, model: torch.Tensor) -> Any:
@@ -82,13 +82,3 @@ def onnx_subgraph(key: str, model: torch.Tensor, inputs: list[torch.Tensor]
     feeds = {i.name: np.ascontiguousarray(t.detach().numpy())
              for i, t in zip(session.get_inputs(), inputs, strict=True)}
     return [torch.from_numpy(np.asarray(o)) for o in session.run(None, feeds)]
-
-
-@onnx_subgraph.register_fake
-def _(key: str, model: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    fn = _shape_functions.get(key)
-    if fn is None:
-        raise RuntimeError(f"{OP_NAME}: no shape function for subgraph {key}; a partitioned "
-                           "program can be run and saved, not re-traced")
-    out = fn(*inputs)
-    return [t.clone() for t in (out if isinstance(out, (tuple, list)) else (out,))]
