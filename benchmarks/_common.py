@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: foreign CPU load, robust summaries, JSON last line."""
+"""What the benchmarks share: foreign CPU load, robust summaries, JSON last line."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Latency during hot updates: ``mint serve --poll`` vs MLServer 1.7.1, same ONNX model.
 
 MobileNetV2 (torchvision, random weights, 2 classes) is exported once with
-``modelmint._search.publish.publish_classifier`` (with a warm-up image); every ``--interval`` seconds
-a copy of it is published as a new version (``ModelRepository.publish``, an atomic rename) and
-the server must switch to it. MLServer gets the same model file copied to a new path and a
+``modelmint._search.publish.publish_classifier`` (with a warm-up image); every
+``--interval`` seconds a copy of it is published as a new version
+(``ModelRepository.publish``, an atomic rename) and the server must switch to it.
+MLServer gets the same model file copied to a new path and a
 ``POST /v2/repository/models/NAME/load`` (its reload: load the new one, then swap).
 
 Load is open loop at a constant rate (``--load`` x the server's measured capacity, default

@@ -10,7 +10,7 @@ and medians/spread are printed. Also reported: the CPU seconds other processes u
     python benchmarks/search_quality.py [--sets hymenoptera digits digits-grouped spam]
                                         [--budgets 60 300] [--rounds 1] [--json]
 
-Targets (issue 6, 2-core CPU): hymenoptera >= 95 % in 300 s; spoken digits >= 98 % (random
+Targets (2-core CPU): hymenoptera >= 95 % in 300 s; spoken digits >= 98 % (random
 split) and >= 85 % (speakers held out) in 300 s; SMS spam >= 99 % accuracy and spam F1 >= 0.95
 in 120 s ("worst F1" is the lowest per-class F1 of the published winner).
 """

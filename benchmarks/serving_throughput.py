@@ -1,9 +1,10 @@
 """Serving throughput and latency: ``mint serve`` vs MLServer 1.7.1, same ONNX model.
 
 The model is torchvision's MobileNetV2 (random weights, 2 classes) published with
-``modelmint._search.publish.publish_classifier``; MLServer serves the very same ``model.onnx`` through
-a custom runtime with our session settings (see ``_mlserver.py``). Each server gets the client
-its users would use: ours tritonclient.http with binary tensors (the V2 binary extension);
+``modelmint._search.publish.publish_classifier``; MLServer serves the very same
+``model.onnx`` through a custom runtime with our session settings (see ``_mlserver.py``).
+Each server gets the client its users would use: ours tritonclient.http with binary tensors
+(the V2 binary extension);
 MLServer tritonclient.grpc, whose raw tensor contents are MLServer's cheapest encoding for a
 600 KB tensor (``--mlserver-client rest`` sends V2 JSON instead).
 

@@ -1,4 +1,4 @@
-"""Allocator options for the serving worker process (article 001's third fix).
+"""Allocator options for the serving worker process (ONNX Runtime's CPU arena, jemalloc).
 
 For each of ONNX Runtime's CPU arena on/off x glibc malloc / jemalloc (``LD_PRELOAD`` of
 Debian's ``libjemalloc2``), start one worker (:class:`modelmint._serve.executors.ProcessExecutor`)

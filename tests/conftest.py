@@ -41,7 +41,7 @@ def trained_repo(trained: TrainResult) -> Path:
     return Path(trained.run_dir).parents[1] / "models"
 
 
-# --- PostgreSQL, started for the session (issue 6: shared Optuna storage; the web app too) ----
+# --- PostgreSQL, started once per test run (shared Optuna storage; the web app too) ---------------
 def _postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None

@@ -1,4 +1,4 @@
-"""The spine: trained on the sample set, served by `mint serve`, classified by tritonclient."""
+"""End to end: trained on the sample set, served by `mint serve`, classified by tritonclient."""
 
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ TRAIN: tuple[Setting, ...] = (
             "Only these candidates (glob over names, e.g. 'mobilenet_v2/*'; repeatable).",
             repeatable=True),
     Setting("profile", bool, False,
-            "Profile training: torch.profiler window, advice, RUN/profile/report.html."),
+            "Profile training (image data): torch.profiler window, advice, "
+            "RUN/trials/NNN/profile/report.html."),
     Setting("auto_tune", bool, False,
             "Tune the image input pipeline on this data first (docs/profile.md)."),
 )

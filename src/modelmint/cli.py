@@ -38,7 +38,7 @@ def _train(values: dict[str, Any]) -> None:
 app.command()(command_from(
     TRAIN, _train, "train",
     """Search models within --budget (baselines, then pruned fine-tuning trials), evaluate,
-    publish the best. --epochs N instead trains one fixed MobileNetV2 recipe (no search)."""))
+    publish the best. --epochs N instead trains the task's fixed recipe once (no search)."""))
 
 
 @app.command()
@@ -93,7 +93,7 @@ def check(
         console.print(f"[yellow]warning:[/] {warning}")
 
 
-# The serving side's commands live in _cli_serving (same helpers, same in-process API).
+# The serving side's commands live in _cli_serving (same _cli_common code, same in-process API).
 for _command in (serve, predict, models, stats):
     app.command()(_command)
 

@@ -1,7 +1,7 @@
 """Fixtures: a tiny random-weight model published into a temp repository, served by a real
 uvicorn server on a free 127.0.0.1 port in a background thread.
 
-Helpers are exposed as fixtures (``publish``, ``serve_app``, ``reference_probs``) rather than
+Shared setup is exposed as fixtures (``publish``, ``serve_app``, ``reference_probs``) rather than
 imported, so test modules need no package ``__init__`` next to other test folders.
 """
 

@@ -26,15 +26,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from modelmint import errors
 from modelmint._repository.config import BatchingConfig
 from modelmint._serve import create_app
-from modelmint._serve.batching import DynamicBatcher, request_timeout_s
-from modelmint._serve.http import _guard
+from modelmint._serve.batching import DynamicBatcher
 
 pytestmark = pytest.mark.anyio  # async tests run on asyncio (anyio's default backend)
 
@@ -317,49 +313,6 @@ async def test_cancelled_submitters_do_not_break_the_batcher() -> None:
             await task
     assert model.sizes == [1, 1]  # the cancelled queued request never ran
     check(await batcher.submit(rows(3, 1)), 3, 1)
-
-
-# --- request parameter and HTTP mapping ------------------------------------------------------
-
-@pytest.mark.parametrize(("parameters", "default_us", "seconds"), [
-    ({}, None, None),
-    ({}, 0, None),
-    ({}, 2_000, 0.002),
-    ({"timeout": 5_000}, 2_000, 0.005),
-    ({"timeout": 0}, 2_000, 0.002),  # 0 = not set (Triton): the server default applies
-    ({"timeout": 0}, None, None),
-])
-def test_request_timeout_parameter(parameters: dict[str, Any], default_us: int | None,
-                                   seconds: float | None) -> None:
-    config = None if default_us is None else BatchingConfig(default_timeout_us=default_us)
-    assert request_timeout_s(parameters, config) == seconds
-
-
-@pytest.mark.parametrize("value", [-1, 1.5, "100", True, [1]])
-def test_a_bad_timeout_parameter_names_the_field(value: Any) -> None:
-    with pytest.raises(errors.InvalidInput, match=r"parameter 'timeout'.*microseconds"):
-        request_timeout_s({"timeout": value}, BatchingConfig())
-
-
-@pytest.mark.parametrize(("error", "header"), [
-    (errors.ServerBusy("queue full", retry_after=0.2), "1"),
-    (errors.ServerBusy("queue full", retry_after=2.3), "3"),
-    (errors.ModelNotReady("loading"), None),
-])
-def test_http_server_busy_carries_retry_after(error: errors.MintError, header: str | None) -> None:
-    async def endpoint(request: Request) -> Response:
-        raise error
-
-    async def scenario() -> httpx.Response:
-        app = Starlette(routes=[Route("/busy", _guard(endpoint))])
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.get("/busy")
-
-    response = asyncio.run(scenario())
-    assert response.status_code == 503
-    assert response.json() == {"error": error.message}
-    assert response.headers.get("retry-after") == header
 
 
 # --- end to end: config.json -> real server ----------------------------------------------------

@@ -6,6 +6,7 @@ property test throws random request-shaped JSON at the server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -23,8 +24,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from modelmint import errors
+from modelmint._repository.config import BatchingConfig
 from modelmint._serve import DataPlane, InferRequest, InferResponse, create_app
+from modelmint._serve.batching import request_timeout_s
+from modelmint._serve.http import _guard
 
 
 @pytest.fixture(scope="module")
@@ -321,3 +329,46 @@ def test_small_responses_are_not_delayed(http: httpx.Client) -> None:
         assert http.post("/v2/models/tiny/infer", json={}).status_code == 400
         timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.025, timings
+
+
+# --- request parameter and HTTP mapping ------------------------------------------------------
+
+@pytest.mark.parametrize(("parameters", "default_us", "seconds"), [
+    ({}, None, None),
+    ({}, 0, None),
+    ({}, 2_000, 0.002),
+    ({"timeout": 5_000}, 2_000, 0.005),
+    ({"timeout": 0}, 2_000, 0.002),  # 0 = not set (Triton): the server default applies
+    ({"timeout": 0}, None, None),
+])
+def test_request_timeout_parameter(parameters: dict[str, Any], default_us: int | None,
+                                   seconds: float | None) -> None:
+    config = None if default_us is None else BatchingConfig(default_timeout_us=default_us)
+    assert request_timeout_s(parameters, config) == seconds
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "100", True, [1]])
+def test_a_bad_timeout_parameter_names_the_field(value: Any) -> None:
+    with pytest.raises(errors.InvalidInput, match=r"parameter 'timeout'.*microseconds"):
+        request_timeout_s({"timeout": value}, BatchingConfig())
+
+
+@pytest.mark.parametrize(("error", "header"), [
+    (errors.ServerBusy("queue full", retry_after=0.2), "1"),
+    (errors.ServerBusy("queue full", retry_after=2.3), "3"),
+    (errors.ModelNotReady("loading"), None),
+])
+def test_http_server_busy_carries_retry_after(error: errors.MintError, header: str | None) -> None:
+    async def endpoint(request: Request) -> Response:
+        raise error
+
+    async def scenario() -> httpx.Response:
+        app = Starlette(routes=[Route("/busy", _guard(endpoint))])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/busy")
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503
+    assert response.json() == {"error": error.message}
+    assert response.headers.get("retry-after") == header

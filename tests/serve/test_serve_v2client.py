@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,7 +32,13 @@ from modelmint._serve.v2client import (
     warmup_request,
 )
 from modelmint._tensor_names import IMAGE_INPUT, PROBABILITIES, TENSOR_INPUT, TEXT_INPUT
-from modelmint.errors import InvalidInput, MintError, NotFound, PayloadTooLarge
+from modelmint.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    MintError,
+    NotFound,
+    PayloadTooLarge,
+)
 
 LABELS = ["ants", "bees"]
 Reference = Callable[[list[bytes]], np.ndarray]
@@ -160,6 +167,13 @@ def test_server_errors_raise_their_class(client: V2Client, small_limit_url: str,
     with V2Client("127.0.0.1:9", timeout=2) as nowhere, pytest.raises(
             MintError, match="cannot reach the server"):
         nowhere.model_metadata("tiny")
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+        with V2Client(f"{host}:{port}", timeout=0.5) as slow, pytest.raises(
+                DeadlineExceeded, match="no answer"):
+            slow.model_metadata("tiny")
 
 
 def test_bad_requests_are_refused_before_sending() -> None:

@@ -31,7 +31,8 @@ def test_trained_model_is_accurate_and_reports_the_placeholder(trained: TrainRes
 def test_version_directory_is_complete(trained: TrainResult, trained_repo: Path) -> None:
     ref = ModelRepository(trained_repo).version("bees")
     names = {p.name for p in ref.path.iterdir()}
-    assert {"model.onnx", "model.safetensors", "modelmint.json", "report.json", "warmup"} <= names
+    assert {"model.onnx", "model.safetensors", "modelmint.json", "report.json", "report.html",
+            "warmup"} <= names
     assert len(list((ref.path / "warmup").glob("*.json"))) == 3
     raw = json.loads((ref.path / "modelmint.json").read_text())
     meta = ModelMetadata.from_json(raw)

@@ -83,7 +83,7 @@ def build_snapshot(session: Session, settings: AppSettings, project: Project,
 
 
 def data_check(session: Session, settings: AppSettings, project: Project) -> dict[str, Any]:
-    """The spine's data check on the current labels, cached per data revision."""
+    """The data check (as in ``mint check``) on the current labels, cached per data revision."""
     cache = project_dir(settings, project.id) / f"check-{project.data_revision}.json"
     if cache.is_file():
         return dict(json.loads(cache.read_text()))

@@ -10,17 +10,18 @@ is gone, or is stopped now), and ``resume`` continues them with `mint train --re
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +30,10 @@ from ..errors import InvalidInput
 from .dataset import build_snapshot, training_input
 from .db import Job, Project, utcnow
 from .settings import AppSettings
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
 
 INTERRUPTED_RC = 130  # what `mint train` exits with after Ctrl-C (TrainingInterrupted)
 STOP_GRACE_S = 20.0
@@ -202,39 +207,51 @@ class JobManager:
 def study_progress(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The search's trials and their intermediate validation scores, while it runs.
 
-    Read straight from Optuna's SQLite storage (read-only, stdlib ``sqlite3``) rather than by
-    importing optuna into the app: the tables used (``trials``, ``trial_values``,
-    ``trial_user_attributes``, ``trial_intermediate_values``) are Optuna's stable RDB schema.
-    Any surprise (another schema, a locked file) just means no live rows this time.
+    Read through Optuna from its SQLite file opened read-only: nothing is created or written,
+    and a file the search is still setting up (or holding locked) means no live rows this time.
     """
+    # Imported here: the app starts without optuna and pays for it only when a search runs.
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                                timeout=1)) as db:
-            trials = db.execute(
-                "SELECT t.trial_id, t.number, t.state, v.value FROM trials t "
-                "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-                "ORDER BY t.number").fetchall()
-            attrs = db.execute("SELECT trial_id, key, value_json FROM trial_user_attributes "
-                               "WHERE key IN ('candidate', 'stop_reason', 'seconds')").fetchall()
-            steps = db.execute("SELECT trial_id, step, intermediate_value FROM "
-                               "trial_intermediate_values ORDER BY trial_id, step").fetchall()
-    except sqlite3.Error:
+        inode = path.stat().st_ino  # a file made anew at this path is another study
+        trials = [trial for name in optuna.get_all_study_names(_watched_storage(path, inode))
+                  for trial in _watched_study(path, inode, name).get_trials(deepcopy=False)]
+    except (OSError, optuna.exceptions.OptunaError, SQLAlchemyError, KeyError):
         return [], []
-    extra: dict[int, dict[str, Any]] = {}
-    for trial_id, key, value in attrs:
-        with contextlib.suppress(json.JSONDecodeError):
-            extra.setdefault(trial_id, {})[key] = json.loads(value)
-    rows = [{"trial": number, "candidate": extra.get(tid, {}).get("candidate", "?"),
-             "state": str(state).lower(), "val_accuracy": value,
-             "seconds": extra.get(tid, {}).get("seconds"),
-             "stop_reason": extra.get(tid, {}).get("stop_reason", "")}
-            for tid, number, state, value in trials]
-    numbers = {tid: number for tid, number, _, _ in trials}
-    curves: dict[int, list[list[float]]] = {}
-    for trial_id, step, value in steps:
-        if value is not None:
-            curves.setdefault(trial_id, []).append([step, value])
-    return rows, [{"trial": numbers.get(tid), "points": pts} for tid, pts in curves.items()]
+    rows = [{"trial": t.number, "candidate": t.user_attrs.get("candidate", "?"),
+             "state": t.state.name.lower(), "val_accuracy": t.values[0] if t.values else None,
+             "seconds": t.user_attrs.get("seconds"),
+             "stop_reason": t.user_attrs.get("stop_reason", "")}
+            for t in trials]
+    curves = [{"trial": t.number, "points": [[step, value] for step, value
+                                             in sorted(t.intermediate_values.items())
+                                             if math.isfinite(value)]}  # JSON has no NaN
+              for t in trials if t.intermediate_values]
+    return rows, curves
+
+
+# Kept between polls: a study object re-reads only its unfinished trials, and an engine keeps
+# its compiled queries (a fresh read of every trial costs 5-10 times more). Each entry holds
+# one idle read-only connection; a few searches are watched at a time. ``inode`` is part of the
+# key only, so that a file made anew at the same path is opened anew.
+@functools.lru_cache(maxsize=8)
+def _watched_storage(path: Path, inode: int) -> RDBStorage:
+    from optuna.storages import RDBStorage
+
+    # The schema check is skipped: `mint train` writes this file with this same optuna.
+    return RDBStorage(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true",
+                      engine_kwargs={"connect_args": {"timeout": 1}},
+                      skip_compatibility_check=True, skip_table_creation=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _watched_study(path: Path, inode: int, name: str) -> optuna.Study:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=_watched_storage(path, inode),
+                             sampler=optuna.samplers.RandomSampler())
 
 
 def _last_json(path: Path) -> dict[str, Any] | None:

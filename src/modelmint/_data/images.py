@@ -1,6 +1,6 @@
-"""Image folders → :class:`TaskData` for the model search (issue 6).
+"""Image folders → :class:`TaskData` for training.
 
-Discovery and the data check are the spine's (:mod:`.layout`, :mod:`.check`); this module only
+Discovery and the data check are shared (:mod:`.layout`, :mod:`.check`); this module only
 adds ``--group-by`` (which re-splits the pooled files by group) and keeps the decoded 224-pixel
 crops (``extra["crops"]``) so every image candidate reuses one decoding pass.
 """

@@ -110,7 +110,7 @@ def stratified_split(root: Path, samples: list[Sample], seed: int,
                          f"stratified {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})")
 
 
-# --- task-independent splitting: --group-by and --reject-dir (issue 6) -----------------------
+# --- task-independent splitting: --group-by and --reject-dir ---------------------------------
 # These work on ``(item id, class index)`` lists, so image, sound and text loaders share them.
 
 Item = tuple[str, int]

@@ -63,7 +63,8 @@ def resolve_profile_dir(given: Path) -> Path:
     path = Path(given)
     if (path / SUMMARY_FILE).exists():
         return path
-    if (path / "profile").is_dir():
+    # A run's own profile/ may hold only auto-tune results: it counts when it has a summary.
+    if (path / "profile" / SUMMARY_FILE).exists():
         return path / "profile"
     trials = sorted((path / "trials").glob(f"*/profile/{SUMMARY_FILE}"),
                     key=lambda p: p.stat().st_mtime)

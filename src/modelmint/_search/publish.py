@@ -62,7 +62,7 @@ def version_metadata(name: str, task: Task, data: TaskData, fitted: Fitted,
         name=name, labels=list(data.labels), architecture=fitted.architecture,
         preprocessing=spec_from_json(fitted.preprocessing), task=data.task,
         metrics=task.version_metrics(evaluation), provenance=provenance,
-        **({"inputs": signature[0], "outputs": signature[1]} if signature else {}))
+        inputs=signature[0] if signature else None, outputs=signature[1] if signature else None)
 
 
 def publish_version(repo: str | Path, meta: ModelMetadata, fitted: Exportable,

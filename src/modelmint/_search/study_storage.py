@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 import warnings
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..errors import DataError
+from ._optuna_private import set_running_trial_user_attr
 
 if TYPE_CHECKING:
     from .options import TrainOptions
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.db"
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 15  # a RUNNING trial without a heartbeat for this long is failed and retried
-
-# Optuna keeps a study's storage private: the storage open_study built for each study is kept
-# here, so that retry_orphans can use that storage's public methods.
-_STORAGES: weakref.WeakKeyDictionary[optuna.Study, BaseStorage] = weakref.WeakKeyDictionary()
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -71,34 +67,27 @@ def open_study(opts: TrainOptions, run_dir: Path, task: str) -> optuna.Study:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     for attempt in range(3):
         try:
-            study = optuna.create_study(storage=storage, study_name=f"{opts.name}:{task}",
-                                        direction="maximize", sampler=sampler, pruner=pruner,
-                                        load_if_exists=True)
+            return optuna.create_study(storage=storage, study_name=f"{opts.name}:{task}",
+                                       direction="maximize", sampler=sampler, pruner=pruner,
+                                       load_if_exists=True)
         except Exception:  # the same race, on the study row
             if attempt == 2:
                 raise
             time.sleep(1.0)
-        else:
-            _STORAGES[study] = storage
-            return study
     raise AssertionError("unreachable")
 
 
 def retry_orphans(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials left by a killed process and queue each once more.
 
-    Only for a study this process owns (SQLite in its run directory, opened by
-    :func:`open_study`): nobody else can be running them. A shared study relies on the
-    heartbeat instead.
+    Only for a study this process owns (SQLite in its run directory): nobody else can be running
+    them. A shared study relies on the heartbeat instead.
     """
-    storage = _STORAGES[study]
-    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # A finished trial takes no attribute: say why it failed before failing it.
-        storage.set_trial_user_attr(
-            storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
-            "stop_reason", "killed (no heartbeat): queued again on resume")
+        set_running_trial_user_attr(study, trial.number, "stop_reason",
+                                    "killed (no heartbeat): queued again on resume")
         _retry_callback()(study, study.tell(trial.number, state=TrialState.FAIL))
         failed.append(trial.number)
     return failed

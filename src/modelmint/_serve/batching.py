@@ -293,7 +293,7 @@ class DynamicBatcher:
                    "batch_size": float(item.batch_size)}
         item.future.set_result((output, timings))
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- internals -------------------------------------------------------------------------
 
     def _queued_rows(self) -> int:
         return sum(item.size - item.sent for item in self._queue)

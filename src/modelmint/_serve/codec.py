@@ -45,7 +45,7 @@ from .types import (
     element_count,
 )
 
-# Re-exported: the codec's public surface predates the shared tensor helpers.
+# Re-exported: the codec's public surface predates the shared tensor functions.
 __all__ = ["HEADER_LENGTH", "decode_request", "encode_response", "parse_header_length",
            "serialize_bytes"]
 

@@ -1,7 +1,7 @@
 """The KServe V2 gRPC adapter (``inference.GRPCInferenceService``) over the data plane.
 
 Like the HTTP adapter, this only translates: a ``ModelInferRequest`` becomes the data plane's
-:class:`~.types.InferRequest` (tensors built by the shared :mod:`.tensors` helpers), the
+:class:`~.types.InferRequest` (tensors built by the shared :mod:`.tensors` functions), the
 :class:`~.types.InferResponse` goes back with every output in ``raw_output_contents`` (as
 Triton does: tritonclient.grpc's ``as_numpy`` reads only that), and every
 :class:`~modelmint.errors.MintError` becomes the gRPC status it names. Over gRPC, BYTES inputs

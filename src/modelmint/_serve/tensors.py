@@ -1,7 +1,7 @@
 """Transport-neutral tensor validation and (de)serialisation, shared by every adapter.
 
 The HTTP codec (JSON and binary bodies) and the gRPC adapter (typed ``contents`` and
-``raw_input_contents``) both build tensors with these helpers, so a shape, size or element
+``raw_input_contents``) both build tensors with these functions, so a shape, size or element
 check, and its error message, exists exactly once. Raw tensors use the layout that Triton's
 binary extension and the gRPC raw fields share: little-endian row-major numbers, and BYTES as
 (4-byte little-endian length, bytes) per element.

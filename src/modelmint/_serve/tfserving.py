@@ -13,7 +13,10 @@ Request forms (https://www.tensorflow.org/tfx/serving/api_rest):
 
 Unnamed values go to the signature input of their kind: ``{"b64": ...}`` and strings to the
 model's BYTES input, numbers to its numeric one. Replies are ``{"predictions": ...}`` (row) or
-``{"outputs": ...}`` (columnar), both per batch item first, like TF Serving.
+``{"outputs": ...}`` (columnar), both per batch item first, like TF Serving. Every declared
+output is returned: one output unnamed; several (a detector's boxes, scores, classes, count) as
+an object per batch item (row) or an object of whole tensors (columnar), as TF Serving answers
+for multi-output signatures.
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ def encoded_input(metadata: dict[str, Any]) -> str | None:
 
 class V2Client:
     """Synchronous V2 over HTTP (httpx). Server errors raise the :mod:`~modelmint.errors` class
-    of their status with the server's message; an unreachable server raises :class:`MintError`."""
+    of their status with the server's message; an unreachable server raises :class:`MintError`,
+    one that does not answer within ``timeout`` seconds :class:`DeadlineExceeded`."""
 
     def __init__(self, url: str, *, timeout: float = 120.0) -> None:
         base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
@@ -277,8 +278,8 @@ class V2Client:
               binary: bool = False) -> InferResponse:
         body, headers = encode_request(request, binary=binary)
         reply = self._send("POST", self._path(model, version) + "/infer", body, headers)
-        length = reply.headers.get(HEADER_LENGTH)
-        return decode_response(reply.content, int(length) if length is not None else None)
+        length = reply.headers.get(HEADER_LENGTH, "")
+        return decode_response(reply.content, int(length) if length.isdigit() else None)
 
     def model_metadata(self, model: str, version: int | None = None) -> dict[str, Any]:
         """``GET /v2/models/{model}[/versions/{v}]``: name, versions, inputs, outputs."""
@@ -311,6 +312,9 @@ class V2Client:
               headers: dict[str, str]) -> httpx.Response:
         try:
             reply = self.http.request(method, path, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeadlineExceeded(f"no answer from {self.http.base_url} within "
+                                   f"{self.http.timeout.read}s: {exc}") from exc
         except httpx.HTTPError as exc:
             raise MintError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
         if reply.status_code == 200:

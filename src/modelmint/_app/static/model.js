@@ -1,4 +1,4 @@
-// modelmint web app, part 2: the train, evaluate and deploy pages (helpers are in app.js).
+// modelmint web app: the train, evaluate and deploy pages (shared functions are in app.js).
 "use strict";
 
 // --- training ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ item; every candidate and trial shares them):
   images was the alternative; at 64x101 inputs a 4-block CNN trains an epoch of 2,400 clips in a
   few seconds on 2 cores, which leaves room for many epochs within a 300 s budget.
 
-:mod:`.candidates_audio_segments` adds ``logmel-segments+lr`` (baseline) and
+:mod:`.segments` adds ``logmel-segments+lr`` (baseline) and
 ``logmel-segments+mlp`` (searched): MFCCs of the active frames averaged over 5 segments, which
 carry over to new speakers far better than whole-clip statistics or this CNN.
 """

@@ -1,11 +1,12 @@
 """Image candidates: frozen-backbone + linear head (baseline) and fine-tuning, for MobileNetV2
 and EfficientNet-Lite0.
 
-Every candidate reuses the spine's cached transfer learning (:mod:`modelmint._train.cache`,
-:mod:`modelmint._train.loop`): the frozen prefix of a backbone runs once per image view and its
-activations are cached on disk in the run directory (``cache/<backbone>.pt``), so a trial only
-pays for the tail blocks it fine-tunes. "Blocks to unfreeze" therefore counts from the end of
-the tail; the blocks of the tail left frozen are still computed each epoch (cheap at 7x7).
+Every candidate reuses the cached transfer learning of :mod:`modelmint._train.cache` and
+:mod:`modelmint._train.loop`: the frozen prefix of a backbone runs once per image view and its
+activations are cached on disk in the run directory (``cache/<backbone>-<size>.pt``), so a
+trial only pays for the tail blocks it fine-tunes. "Blocks to unfreeze" therefore counts from
+the end of the tail; the blocks of the tail left frozen are still computed each epoch (cheap at
+7x7).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from torch import nn
 from PIL import Image
 from rich.console import Console
+from torch import nn
 
 from ..._data.dataset import TaskData
 from ..._data.images import CROP_SPEC
@@ -70,7 +71,7 @@ def activation_cache(backbone: ImageBackbone, model: Classifier, data: TaskData,
                      size: int = 224) -> ActivationCache:
     """The prefix activations of every item for this backbone: memory, then disk, then built.
 
-    Under a tight deadline the spine's ``build_cache`` keeps a stratified subset of the training
+    Under a tight deadline ``build_cache`` keeps a stratified subset of the training
     images (and may drop the mirrored view); later trials reuse that subset."""
     key = (str(cache_dir), backbone.name, size)
     if key in _caches:

@@ -63,7 +63,7 @@ def load_minilm() -> SentenceEncoder:
 
     # A tqdm bar per load would clutter the log.
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    # Eager attention: the TorchScript ONNX exporter traces it; SDPA's mask helpers do not.
+    # Eager attention: the TorchScript ONNX exporter traces it; SDPA's mask functions do not.
     transformer = AutoModel.from_pretrained(str(MODEL_DIR), attn_implementation="eager",
                                             local_files_only=True)
     return SentenceEncoder(transformer.eval()).eval()
