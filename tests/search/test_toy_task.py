@@ -168,7 +168,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_the_search_trains_publishes_and_reports_the_toy_task(toy: Path,
                                                               tmp_path: Path) -> None:
     result = train(TrainOptions(data=str(toy), name="toy", repo=str(tmp_path / "models"),
-                                runs_dir=str(tmp_path / "runs"), budget=30, max_trials=6),
+                                runs_dir=str(tmp_path / "runs"), budget=90, max_trials=6),
                    Console(quiet=True))
     assert result.task == NAME and result.metric == "r2" and result.version == 1
     assert result.metrics["val_r2"] > 0.99 and result.winner is not None
@@ -213,7 +213,9 @@ def test_the_served_toy_model_answers_tritonclient_and_mint_predict(toy: Path,
                                    providers=["CPUExecutionProvider"])
     expected = session.run(["prediction"], {"input": x})[0]
     assert np.allclose(expected[:, 0], x @ WEIGHTS + 0.7, atol=0.3)
-    with full_server(repo) as (http_url, grpc_url):
+    with full_server(repo, isolation="process") as (server, _):
+        assert server.grpc is not None
+        http_url, grpc_url = server.url.removeprefix("http://"), server.grpc.address
         client = httpclient.InferenceServerClient(http_url)
         tensor = httpclient.InferInput("input", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=True)

@@ -16,9 +16,6 @@ from sqlalchemy import ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-TASKS = ("image", "sound", "text")
-JOB_STATES = ("running", "succeeded", "failed", "interrupted")
-
 
 def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -33,7 +30,7 @@ class Project(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(64), unique=True)  # the model name when served
-    task: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(16))  # image / sound / text
     created: Mapped[str] = mapped_column(String(32), default=utcnow)
     data_revision: Mapped[int] = mapped_column(Integer, default=0)  # bumps on every data change
     deployed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -73,6 +70,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"),
                                             index=True)
+    # running / succeeded / failed / interrupted
     status: Mapped[str] = mapped_column(String(16), default="running")
     budget: Mapped[float] = mapped_column()
     max_trials: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: budget only
