@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from modelmint._serve import DataPlane
 from modelmint._serve.server import ModelServer, build_server
@@ -16,14 +16,15 @@ from modelmint._serve.server import ModelServer, build_server
 
 @contextmanager
 def full_server(repo: Path, isolation: Literal["thread", "process"] = "thread", http_port: int = 0,
-                grpc_port: int | None = 0, metrics_port: int | None = None
-                ) -> Iterator[tuple[ModelServer, DataPlane]]:
+                grpc_port: int | None = 0, metrics_port: int | None = None,
+                **options: Any) -> Iterator[tuple[ModelServer, DataPlane]]:
     """``isolation="process"`` runs each version in its worker process, as deployed;
-    ``grpc_port``/``metrics_port`` None leave that listener off, 0 picks a free port."""
+    ``grpc_port``/``metrics_port`` None leave that listener off, 0 picks a free port;
+    ``options`` go to ``build_server`` (``policy``, ``read_timeout_s``)."""
     dataplane = DataPlane(repo, isolation=isolation)
     dataplane.load()
     server, sock = build_server(dataplane, "127.0.0.1", http_port=http_port,
-                                grpc_port=grpc_port, metrics_port=metrics_port)
+                                grpc_port=grpc_port, metrics_port=metrics_port, **options)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

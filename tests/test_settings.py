@@ -77,6 +77,8 @@ def test_app_settings_default_to_the_app_table() -> None:
     settings = AppSettings()
     for setting in APP:
         expected: Any = setting.default
+        if setting.repeatable and expected is None:  # a repeatable option given no times
+            expected = []
         if isinstance(expected, Path):
             expected = expected.expanduser()
         assert getattr(settings, setting.name) == expected, setting.name

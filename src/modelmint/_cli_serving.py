@@ -27,7 +27,13 @@ def _serve(values: dict[str, Any]) -> None:
                    max_request_bytes=values["max_request_bytes"],
                    grpc_port=None if grpc_port < 0 else grpc_port,
                    metrics_port=None if metrics_port < 0 else metrics_port,
-                   poll_interval_s=values["poll"])
+                   poll_interval_s=values["poll"], token_file=values["token_file"],
+                   require_token_for_inference=values["require_token_for_inference"],
+                   insecure_no_token=values["insecure_no_token"],
+                   allowed_hosts=values["allowed_host"] or (),
+                   read_timeout_s=values["read_timeout"],
+                   decode_memory=values["decode_memory"],
+                   decode_threads=values["decode_threads"])
     except MintError as exc:
         _fail(exc)
 

@@ -173,25 +173,13 @@ def predict(paths: list[Path], model: str, *, url: str | None = None, repo: Path
         backend.close()
 
 
-def predict_tensors(paths: list[Path], model: str, *, url: str | None = None,
-                    repo: Path | None = None, version: int | None = None,
-                    timeout: float = 120.0) -> list[TensorPrediction]:
-    """Every output tensor for each ``.npy`` file under ``paths`` (one item, or a batch with
-    its batch axis first), sent to the model's FP32 input."""
-    _check_request(url, repo, 1)
-    backend = _open(url, repo, model, version, timeout)
-    try:
-        return _predict_tensors(backend, model, paths)
-    finally:
-        backend.close()
-
-
 def predict_files(paths: list[Path], model: str, *, url: str | None = None,
                   repo: Path | None = None, version: int | None = None, top_k: int = 3,
                   timeout: float = 120.0) -> list[Prediction] | list[TensorPrediction]:
     """``mint predict FILES``: the model's signature decides. A classifier (it has an encoded
     image, sound or text input) gives top-k labels per file, as :func:`predict`; a model that
-    takes tensors only gives its outputs per ``.npy`` file, as :func:`predict_tensors`."""
+    takes tensors only gives its outputs per ``.npy`` file (one item, or a batch with its
+    batch axis first)."""
     _check_request(url, repo, top_k)
     backend = _open(url, repo, model, version, timeout)
     try:

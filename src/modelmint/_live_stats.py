@@ -8,12 +8,14 @@ serving stack (onnxruntime, uvicorn).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from rich.table import Table
 
+from ._serve.v2client import TOKEN_VARIABLE
 from .errors import MintError
 
 COLUMNS = ("p50", "p90", "p99", "p999", "max")
@@ -39,14 +41,19 @@ def list_models(http: httpx.Client) -> list[str]:
         index = _get(http, "POST", "/v2/repository/index")
     except MintError as exc:
         raise MintError(f"the server does not list its models ({exc}); pass --model") from exc
-    return sorted({str(entry["name"]) for entry in index if isinstance(entry, dict)})
+    # IGNORED entries are folder contents that are not versions: a folder of only those is
+    # no model to ask for stats.
+    return sorted({str(entry["name"]) for entry in index
+                   if isinstance(entry, dict) and entry.get("state") != "IGNORED"})
 
 
 def fetch_stats(url: str, models: list[str] | None = None,
                 timeout: float = 10.0) -> list[dict[str, Any]]:
     """One stats object per model (``models``, or every model the server lists)."""
     base = url if "://" in url else f"http://{url}"
-    with httpx.Client(base_url=base.rstrip("/"), timeout=timeout) as http:
+    token = os.environ.get(TOKEN_VARIABLE)  # as the V2 client does
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base.rstrip("/"), timeout=timeout, headers=headers) as http:
         names = models or list_models(http)
         return [_get(http, "GET", f"/v2/models/{quote(name, safe='')}/stats") for name in names]
 

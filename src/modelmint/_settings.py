@@ -22,6 +22,9 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_APP_PORT = 8080
 DEFAULT_MAX_REQUEST_BYTES = 16 * MIB
+DEFAULT_DECODE_MEMORY = 512 * MIB
+DEFAULT_DECODE_THREADS = 2
+DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_UPLOAD_MAX_BYTES = 2 * GIB
 DEFAULT_ZIP_MAX_ENTRIES = 100_000
 DEFAULT_ZIP_MAX_UNCOMPRESSED_BYTES = 10 * GIB
@@ -59,9 +62,33 @@ SERVE: tuple[Setting, ...] = (
             "Prometheus /metrics port (0: any free port; -1: none).", min=-1),
     Setting("max_request_bytes", int, DEFAULT_MAX_REQUEST_BYTES,
             "Largest request body (HTTP) or message (gRPC) accepted."),
+    Setting("decode_memory", int, DEFAULT_DECODE_MEMORY,
+            "Memory, in bytes, that the image and sound decodes in flight share. Each input's "
+            "need is estimated from its header (pixels x bytes per pixel x working copies); "
+            "one that needs more is refused with a 400 before decoding, the others wait their "
+            "turn.", min=16 * MIB),
+    Setting("decode_threads", int, DEFAULT_DECODE_THREADS,
+            "Threads that decode and preprocess requests, whatever the number of cores: the "
+            "model's own threads do the heavy work.", min=1),
     Setting("poll", float, 0.0,
             "Re-read the repository every SECONDS and hot-update changed models (0: only via "
             "POST /v2/repository/models/NAME/load).", min=0),
+    Setting("token_file", Path, None,
+            "Access token file (created with a new token, mode 0600, if missing): the "
+            "repository API then needs 'Authorization: Bearer TOKEN'. Required off loopback."),
+    Setting("require_token_for_inference", bool, False,
+            "Also require the token for inference and metadata (health and readiness stay "
+            "open)."),
+    Setting("insecure_no_token", bool, False,
+            "Serve off loopback without a token: anyone who can reach the server may load and "
+            "unload models."),
+    Setting("allowed_host", str, None,
+            "Another name clients may use in the Host header (repeatable; '*': any). Loopback "
+            "names, IP addresses and --host are always accepted.", repeatable=True),
+    Setting("read_timeout", float, DEFAULT_READ_TIMEOUT_S,
+            "Seconds a client has to send a request's headers, and again its body; slower "
+            "HTTP requests get 408 and the connection closes (gRPC: the connection "
+            "handshake).", min=0.1),
 )
 
 TRAIN: tuple[Setting, ...] = (
@@ -110,6 +137,10 @@ APP: tuple[Setting, ...] = (
             "SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in --data-dir)."),
     Setting("host", str, DEFAULT_HOST,
             "Address to bind; anything but loopback requires the access token."),
+    Setting("allowed_hosts", str, None,
+            "Another name clients may use in the Host header (repeatable; '*': any). Loopback "
+            "names, IP addresses and --host are always accepted; other names are refused "
+            "(DNS rebinding).", flag="--allowed-host", repeatable=True),
     Setting("port", int, DEFAULT_APP_PORT, "HTTP port of the app."),
     Setting("serve_url", str, None,
             "Use this running `mint serve DATA_DIR/serving` instead of starting one."),

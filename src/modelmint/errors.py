@@ -50,10 +50,15 @@ class NotFound(MintError):
 
 
 class ModelNotReady(MintError):
-    """The model exists but no version of it can serve right now."""
+    """The model exists but no version of it can serve right now; ``retry_after`` (seconds),
+    when known, is when it is likely to again (its worker is restarting, say)."""
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PayloadTooLarge(InvalidInput):

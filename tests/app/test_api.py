@@ -233,11 +233,32 @@ def test_migrations_upgrade_an_older_database(tmp_path: Path, database: str | No
         command.upgrade(cfg, "0001")
         conn.execute(text("INSERT INTO projects (name, slug, task, created, data_revision) "
                           "VALUES ('old', 'old', 'image', 'then', 0)"))
+        conn.execute(text("INSERT INTO items (project_id, original, suffix, size, created) "
+                          "VALUES (1, 'a.jpg', '.jpg', 3, 'then')"))
+        conn.execute(text("INSERT INTO jobs (project_id, status, budget, attempts, created) "
+                          "VALUES (1, 'succeeded', 60, 1, 'then')"))
     assert "max_trials" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
     db.migrate(engine)  # what every app start does
     assert "max_trials" in {c["name"] for c in inspect(engine).get_columns("jobs")}
-    with db.session_factory(engine)() as session:
-        assert session.get(db.Project, 1).name == "old"  # type: ignore[union-attr]
+    assert "retired_slugs" in inspect(engine).get_table_names()
+    with db.session_factory(engine).begin() as session:
+        old = session.get(db.Project, 1)
+        assert old is not None and old.name == "old"
+        # Tables copied by the migration kept their rows (no cascade from the old table).
+        assert session.get(db.Item, 1) is not None and session.get(db.Job, 1) is not None
+        newest = db.Project(name="new", slug="new", task="image")
+        session.add(newest)
+        session.flush()
+        assert newest.id == 2
+        session.delete(newest)
+    with db.session_factory(engine).begin() as session:
+        again = db.Project(name="again", slug="again", task="image")
+        session.add(again)
+        session.flush()
+        assert again.id == 3  # the deleted largest id is not handed out again
+        session.delete(session.get(db.Project, 1))
+    with db.session_factory(engine)() as session:  # foreign keys are on again: cascade
+        assert session.get(db.Item, 1) is None and session.get(db.Job, 1) is None
     engine.dispose()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelmint._repository import METADATA_FILE, ModelRepository
-from modelmint.errors import InvalidInput, NotFound
+from modelmint.errors import InvalidInput, NotFound, RepositoryError
 
 
 def fake_version(directory: Path, version: int) -> None:
@@ -89,3 +89,56 @@ def test_names_and_lookups_are_checked(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no version 7"):
         repo.version("m", 7)
     assert not any(p.name.startswith(".tmp") for p in os.scandir(tmp_path / "m"))
+
+
+def test_only_canonical_ascii_numbers_are_versions(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    repo.publish("m", fake_version)
+    model = tmp_path / "m"
+    (model / "²").mkdir()  # an empty one broke publishing: "²".isdigit() but int("²") fails
+    for odd in ("٣", "007", "0", "+4", "4 ", "4\n"):  # each complete, as a copied version is
+        (model / odd).mkdir()
+        fake_version(model / odd, 3)
+    (model / "5").mkdir()  # no modelmint.json
+    (model / "6").write_text("a file")
+    (model / "notes.txt").write_text("")
+    (model / ".DS_Store").write_text("")  # hidden: not reported
+    refs, ignored = repo.scan("m")
+    assert [r.version for r in refs] == [1] and repo.models() == ["m"]
+    reasons = {i.name: i.reason for i in ignored}
+    assert sorted(reasons) == sorted(["²", "٣", "007", "0", "+4", "4 ", "4\n", "5", "6",
+                                      "notes.txt"])
+    assert "not a version folder: version folders are named 1, 2, 3" in reasons["٣"]
+    assert "without leading zeros" in reasons["007"]
+    assert reasons["5"] == f"'m/5' has no {METADATA_FILE}: not a published version " \
+                           "(an incomplete copy?)"
+    assert reasons["6"] == "'m/6' is a file, not a version folder"
+    # The next number is past every number in use, so "5" and "6" are never overwritten;
+    # "007" names no number, so version 7 cannot collide with it.
+    assert [repo.publish("m", fake_version).version for _ in range(2)] == [7, 8]
+    assert [r.version for r in repo.versions("m")] == [1, 7, 8]
+
+
+def test_model_folders_and_their_odd_neighbours(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    repo.publish("m", fake_version)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad name").mkdir()
+    (tmp_path / "m\n").mkdir()
+    (tmp_path / "README").write_text("")
+    folders, ignored = repo.model_folders()
+    assert folders == ["empty", "m"] and repo.models() == ["m"]
+    assert [i.name for i in ignored] == ["README", "bad name", "m\n"]
+    assert "is a file, not a model folder" in ignored[0].reason
+    with pytest.raises(InvalidInput, match="model name"):
+        repo.publish("m\n", fake_version)
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_with_its_name(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    repo.publish("m", fake_version)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # reading it fails on any user
+    with pytest.raises(RepositoryError, match="model folder 'loop' cannot be read"):
+        repo.scan("loop")
+    assert repo.models() == ["m"]
+    assert repo.versions("deleted") == [] and repo.scan("deleted") == ([], [])

@@ -1,4 +1,5 @@
-"""Data plane semantics: partial loading of a broken repository, versions, classification."""
+"""Data plane semantics: partial loading of a broken repository, strict readiness, versions,
+classification."""
 
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ def test_broken_models_are_skipped(broken_repo: Path, caplog: pytest.LogCaptureF
     plane = DataPlane(broken_repo)
     with caplog.at_level(logging.ERROR, logger="modelmint._serve"):
         plane.load()
-    assert plane.ready()
     assert sorted(plane.models) == ["good"]
     logged = caplog.text
     for name in ("corrupt", "badmeta", "badwarmup"):
@@ -62,6 +62,18 @@ def test_broken_models_are_skipped(broken_repo: Path, caplog: pytest.LogCaptureF
         plane.model("corrupt")
     with pytest.raises(NotFound):
         plane.model_ready("missing")
+    # Strict readiness: the server is ready only while every model it should serve is.
+    problem = plane.not_ready_reason()
+    assert not plane.ready() and problem is not None
+    for name in ("corrupt", "badmeta", "badwarmup"):
+        assert f"model '{name}' has no ready version (version 1 is failed)" in problem
+    assert "'good'" not in problem and str(broken_repo) not in problem
+    for name in ("corrupt", "badmeta"):
+        plane.repository_unload(name)  # the operator takes them out of what it should serve
+    assert not plane.ready() and "'badwarmup'" in (plane.not_ready_reason() or "")
+    plane.repository_unload("badwarmup")
+    assert plane.ready()
+    plane.close()
 
 
 def test_broken_repo_still_serves_the_good_model(
@@ -73,15 +85,19 @@ def test_broken_repo_still_serves_the_good_model(
                         "data": [base64.b64encode(image_bytes[0]).decode()]}]}
     with serve_app(create_app(broken_repo)) as url, httpx.Client(
             base_url=f"http://{url}") as http:
-        assert http.get("/v2/health/ready").status_code == 200
+        ready = http.get("/v2/health/ready")
+        assert ready.status_code == 400 and "model 'corrupt' has no ready" in ready.text
+        assert http.get("/v2/health/live").status_code == 200
         assert http.get("/v2/models/good/ready").status_code == 200
         assert http.post("/v2/models/good/infer", json=body).status_code == 200
         response = http.post("/v2/models/corrupt/infer", json=body)
-        assert response.status_code == 503
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "not ready" in response.json()["error"]
-        assert "garbage" not in response.text  # load details stay in the server log
-        ready = http.get("/v2/models/corrupt/ready")
-        assert ready.status_code == 400 and "not ready" in ready.json()["error"]
+        assert "Protobuf" not in response.text  # load details stay in the server log
+        ready = http.get("/v2/models/corrupt/versions/1/ready")  # says why, without paths
+        error = ready.json()["error"]
+        assert ready.status_code == 400 and "failed to load" in error and "Protobuf" in error
+        assert str(broken_repo) not in error
         assert http.get("/v2/models/corrupt").status_code == 503
 
 

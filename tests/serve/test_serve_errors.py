@@ -1,7 +1,9 @@
 """Every bad request gets the right status and a JSON ``{"error": ...}`` naming the problem.
 
 None of these may be a 500: the error envelope is checked for an exact status each time, and a
-property test throws random request-shaped JSON at the server.
+property test throws random request-shaped JSON at the server, alone or framed as a binary
+request with a hostile ``Inference-Header-Content-Length`` (the gRPC parser has its own in
+test_serve_grpc.py).
 """
 
 from __future__ import annotations
@@ -200,8 +202,9 @@ def test_bad_element_type_400(http: httpx.Client) -> None:
 def binary_post(http: httpx.Client, header: dict[str, Any], blob: bytes,
                 length: str | None = None) -> httpx.Response:
     head = json.dumps(header).encode()
+    value = str(len(head)) if length is None else length
     return http.post("/v2/models/tiny/infer", content=head + blob,
-                     headers={"Inference-Header-Content-Length": length or str(len(head))})
+                     headers={b"Inference-Header-Content-Length": value.encode("utf-8")})
 
 
 def test_binary_size_mismatch_400(http: httpx.Client) -> None:
@@ -222,7 +225,9 @@ def test_binary_bytes_element_overrun_400(http: httpx.Client) -> None:
     assert_error(binary_post(http, header, blob), 400, "element 0", "claims 1000 bytes")
 
 
-@pytest.mark.parametrize("length", ["abc", "0", "999999"])
+# Not canonical decimal: int() alone took "+5" and "1_0" (and "+5" cut the JSON short).
+@pytest.mark.parametrize("length", ["abc", "0", "999999", "+5", "1_0", "0x10", "-1", "5.0",
+                                    "\u00b2", "\u0663", "9" * 5000, ""])
 def test_bad_header_length_400(http: httpx.Client, length: str) -> None:
     assert_error(binary_post(http, {"inputs": []}, b"", length), 400,
                  "Inference-Header-Content-Length")
@@ -275,15 +280,24 @@ requests = st.fixed_dictionaries(
                   "id": json_values, "parameters": json_values})
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
+# The binary header's value: exact, off by a little, or anything a client could type.
+header_lengths = (st.none() | st.integers(-3, 3)
+                  | st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                                          exclude_characters="\x7f"), max_size=8)
+                  | st.sampled_from(["+1", "1_0", "0x1", "1e1", "\u00b9", "9" * 30]))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(body=requests, binary_tail=st.none() | st.binary(max_size=16))
+@given(body=requests, binary_tail=st.none() | st.binary(max_size=16), length=header_lengths)
 def test_random_requests_never_500(http: httpx.Client, body: dict[str, Any],
-                                   binary_tail: bytes | None) -> None:
+                                   binary_tail: bytes | None, length: int | str | None) -> None:
     head = json.dumps(body).encode()
-    headers = {}
-    if binary_tail is not None:
-        headers["Inference-Header-Content-Length"] = str(len(head))
+    headers: dict[bytes, bytes] = {}
+    if binary_tail is not None:  # an int is an offset from the exact length
+        value = str(len(head) + length) if isinstance(length, int) else length
+        headers[b"Inference-Header-Content-Length"] = (
+            str(len(head)) if value is None else value).encode("latin-1")
     response = http.post("/v2/models/tiny/infer", content=head + (binary_tail or b""),
                          headers=headers)
     assert response.status_code in (200, 400), response.text
@@ -356,7 +370,8 @@ def test_a_bad_timeout_parameter_names_the_field(value: Any) -> None:
 @pytest.mark.parametrize(("error", "header"), [
     (errors.ServerBusy("queue full", retry_after=0.2), "1"),
     (errors.ServerBusy("queue full", retry_after=2.3), "3"),
-    (errors.ModelNotReady("loading"), None),
+    (errors.ModelNotReady("loading"), "1"),  # every 503 says when to come back
+    (errors.ModelNotReady("restarting", retry_after=2.5), "3"),
 ])
 def test_http_server_busy_carries_retry_after(error: errors.MintError, header: str | None) -> None:
     async def endpoint(request: Request) -> Response:

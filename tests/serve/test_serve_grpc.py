@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf.descriptor import Descriptor
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as triton_pb
 from tritonclient.utils import InferenceServerException
 
@@ -89,7 +91,7 @@ def test_proto_matches_triton() -> None:
         assert _fields(message) == _fields(theirs.message_types_by_name[name]), name
     service = ours.services_by_name["GRPCInferenceService"]
     triton_methods = theirs.services_by_name["GRPCInferenceService"].methods_by_name
-    assert len(service.methods) == 6
+    assert len(service.methods) == 9  # the six V2 RPCs and the repository extension
     for method in service.methods:
         other = triton_methods[method.name]
         assert (method.input_type.full_name, method.output_type.full_name) == (
@@ -235,3 +237,107 @@ def test_unexpected_error_is_internal_and_generic(
     code, details = _abort_details(stub, request)
     assert code == grpc.StatusCode.INTERNAL
     assert details == "internal server error"
+
+
+def test_repository_index_over_grpc(client: grpcclient.InferenceServerClient,
+                                    servers: Servers) -> None:
+    index = client.get_model_repository_index(as_json=True)["models"]
+    over_http = httpx.post(f"{servers.http}/v2/repository/index", timeout=30).json()
+    assert index == [{k: v for k, v in e.items() if v} for e in over_http]  # JSON drops ""
+    assert {"name": "tiny", "version": "2", "state": "READY"} in index
+
+
+def test_repository_requests_are_checked(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="other"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "repository_name" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model_name" in info.value.details()
+
+
+# --- never INTERNAL: random and malformed messages -------------------------------------------
+
+@pytest.fixture(scope="module")
+def raw_call(servers: Servers) -> Iterator[Callable[[str, bytes], grpc.StatusCode]]:
+    """Send bytes as an RPC's request (no client-side serialization); returns the status."""
+    with grpc.insecure_channel(servers.grpc) as channel:
+        def call(method: str, request: bytes) -> grpc.StatusCode:
+            try:
+                channel.unary_unary(f"/inference.GRPCInferenceService/{method}")(
+                    request, timeout=30)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        yield call
+
+
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "RepositoryIndex"])
+def test_bytes_that_are_not_protobuf_are_invalid_argument(
+        raw_call: Callable[[str, bytes], grpc.StatusCode], method: str) -> None:
+    """grpc's own parsing answered these with INTERNAL; the service parses them itself."""
+    for garbage in (b"\xff\xff\xff", b"\x0a\x05ab"):  # a broken tag; a field cut short
+        assert raw_call(method, garbage) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+_CONTENT_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "bool_contents": st.booleans(),
+    "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1),
+    "uint_contents": st.integers(0, 2**32 - 1),
+    "uint64_contents": st.integers(0, 2**64 - 1),
+    "fp32_contents": st.floats(width=32),
+    "fp64_contents": st.floats(),
+    "bytes_contents": st.binary(max_size=32),
+}
+_PARAMETER_CHOICES: dict[str, st.SearchStrategy[Any]] = {
+    "bool_param": st.booleans(), "int64_param": st.integers(-(2**63), 2**63 - 1),
+    "string_param": st.text(max_size=8), "double_param": st.floats(),
+    "uint64_param": st.integers(0, 2**64 - 1)}
+
+
+@st.composite
+def _parameters(draw: st.DrawFn, target: Any) -> None:
+    for key in draw(st.lists(st.sampled_from(["classification", "binary_data", "timeout",
+                                              "priority", "x"]), max_size=2, unique=True)):
+        choice = draw(st.sampled_from(sorted(_PARAMETER_CHOICES)))
+        setattr(target[key], choice, draw(_PARAMETER_CHOICES[choice]))
+
+
+@st.composite
+def infer_messages(draw: st.DrawFn) -> bytes:
+    msg = pb.ModelInferRequest(
+        model_name=draw(st.sampled_from(["tiny", "tiny", "nope", ""])),
+        model_version=draw(st.sampled_from(["", "2", "1", "x", "9" * 30])),
+        id=draw(st.text(max_size=4)))
+    for _ in range(draw(st.integers(0, 3))):
+        tensor = msg.inputs.add(
+            name=draw(st.sampled_from(["input", "image", "", "other"])),
+            datatype=draw(st.sampled_from(["FP32", "BYTES", "INT8", "INT64", "UINT64", "BOOL",
+                                           "FP16", "FP64", "X", ""])),
+            shape=draw(st.lists(st.integers(-2, 4) | st.sampled_from(
+                [3, 224, 2**31, 2**62, -(2**63)]), max_size=4)))
+        field = draw(st.sampled_from([None, *sorted(_CONTENT_VALUES)]))
+        if field is not None:
+            getattr(tensor.contents, field).extend(
+                draw(st.lists(_CONTENT_VALUES[field], max_size=6)))
+        draw(_parameters(tensor.parameters))
+    msg.raw_input_contents.extend(draw(st.lists(st.binary(max_size=64), max_size=3)))
+    for _ in range(draw(st.integers(0, 2))):
+        output = msg.outputs.add(name=draw(st.sampled_from(["probabilities", "logits", ""])))
+        draw(_parameters(output.parameters))
+    draw(_parameters(msg.parameters))
+    return bytes(msg.SerializeToString())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=infer_messages() | st.binary(max_size=64))
+def test_random_infer_requests_never_internal(
+        raw_call: Callable[[str, bytes], grpc.StatusCode], request: bytes) -> None:
+    assert raw_call("ModelInfer", request) in (
+        grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+

@@ -2,8 +2,10 @@
 
 Modules: ``settings`` (every option), ``db`` + ``migrations/`` (SQLAlchemy models, Alembic),
 ``uploads`` (streaming, zip safety), ``dataset`` (snapshots, data check), ``jobs`` (`mint train`
-subprocesses), ``serving`` (the owned `mint serve`), ``sdk`` (offline SDK zip), ``api_*`` (REST),
-``pages`` + ``templates/`` + ``static/`` (the UI), ``auth`` (token, CSRF), ``main`` (assembly).
+subprocesses), ``serving`` (the owned `mint serve`), ``children`` (child processes that die with
+the app, recorded), ``sdk`` (offline SDK zip), ``api_*`` (REST), ``pages`` + ``templates/`` +
+``static/`` (the UI), ``edge`` (Host allowlist, security headers), ``auth`` (token, CSRF),
+``main`` (assembly).
 """
 
 from .main import create_app, run_app

@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .._repository import ModelRepository
 from .._serve.v2client import bytes_request, request_json
 from .._settings import DEFAULT_MAX_REQUEST_BYTES
 from .._tensor_names import AUDIO_INPUT, IMAGE_INPUT, PROBABILITIES, TEXT_INPUT
 from ..errors import Conflict, InvalidInput, MintError, PayloadTooLarge
-from .context import Ctx, get_project
+from .context import BUSY, MAX_ID, Ctx, Id, get_project
 from .sdk import build_sdk
 
 router = APIRouter(prefix="/api", tags=["deployment"])
@@ -24,7 +24,7 @@ TRY_MAX_BYTES = DEFAULT_MAX_REQUEST_BYTES  # what a default `mint serve` accepts
 
 
 class DeployRequest(BaseModel):
-    version: int
+    version: int = Field(ge=1, le=MAX_ID)
 
 
 # Per task: the model's encoded input and an example file (none: a text).
@@ -63,14 +63,15 @@ print(result.as_numpy("{PROBABILITIES}"))  # b"score:index:label" strings"""
 
 
 @router.post("/projects/{project_id}/deploy", status_code=202)
-def deploy(project_id: int, body: DeployRequest, c: Ctx) -> dict[str, Any]:
+def deploy(project_id: Id, body: DeployRequest, c: Ctx) -> dict[str, Any]:
     """Publish the version to the model server and load it; poll ``deployment`` for progress."""
     with c.session() as session:
         project = get_project(session, project_id)
     ModelRepository(c.settings.models_dir).version(project.slug, body.version)  # 404 early
     with c.lock:
-        if c.deployments.get(project_id, {}).get("state") == "deploying":
-            raise Conflict("a deployment of this project is already in progress")
+        if c.deployments.get(project_id, {}).get("state") in BUSY:
+            raise Conflict("a deployment of this project is already in progress, or the "
+                           "project is being deleted")
         c.deployments[project_id] = {"state": "deploying", "version": body.version,
                                      "error": None}
 
@@ -94,10 +95,10 @@ def deploy(project_id: int, body: DeployRequest, c: Ctx) -> dict[str, Any]:
 
 
 @router.delete("/projects/{project_id}/deploy")
-def undeploy(project_id: int, c: Ctx) -> dict[str, Any]:
+def undeploy(project_id: Id, c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = get_project(session, project_id)
-        if c.deployments.get(project_id, {}).get("state") == "deploying":
+        if c.deployments.get(project_id, {}).get("state") in BUSY:
             raise Conflict("a deployment of this project is in progress; wait for it")
         c.serving.undeploy(project.slug)
         project.deployed_version = None
@@ -107,7 +108,7 @@ def undeploy(project_id: int, c: Ctx) -> dict[str, Any]:
 
 
 @router.get("/projects/{project_id}/deployment")
-def deployment(project_id: int, c: Ctx) -> dict[str, Any]:
+def deployment(project_id: Id, c: Ctx) -> dict[str, Any]:
     """The deployed version, the deployment in progress (if any) and the server's per-version
     states (LOADING / WARMING / READY / UNAVAILABLE), plus ready-to-paste client snippets."""
     with c.session() as session:
@@ -121,7 +122,7 @@ def deployment(project_id: int, c: Ctx) -> dict[str, Any]:
 
 
 @router.post("/projects/{project_id}/predict")
-async def try_it(request: Request, project_id: int, c: Ctx,
+async def try_it(request: Request, project_id: Id, c: Ctx,
                  top_k: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
     """Body: an image or wav file, or UTF-8 text. Answers the deployed model's top-k."""
     with c.session() as session:
@@ -140,7 +141,7 @@ async def try_it(request: Request, project_id: int, c: Ctx,
 
 
 @router.get("/projects/{project_id}/sdk")
-def download_sdk(project_id: int, c: Ctx) -> Response:
+def download_sdk(project_id: Id, c: Ctx) -> Response:
     with c.session() as session:
         project = get_project(session, project_id)
     if project.deployed_version is None:

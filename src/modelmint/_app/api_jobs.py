@@ -13,8 +13,9 @@ from sqlalchemy import select
 
 from .._repository import METADATA_FILE, REPORT_FILE, ModelRepository
 from ..errors import Conflict, NotFound
-from .context import Ctx, get_job, get_project
+from .context import Ctx, Id, Version, get_job, get_project
 from .db import Job
+from .edge import REPORT_POLICY
 
 router = APIRouter(prefix="/api", tags=["training and evaluation"])
 
@@ -27,7 +28,7 @@ class NewJob(BaseModel):
 
 
 @router.post("/projects/{project_id}/jobs", status_code=201)
-def start_job(project_id: int, body: NewJob, c: Ctx) -> dict[str, Any]:
+def start_job(project_id: Id, body: NewJob, c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = get_project(session, project_id)
         running = session.scalars(select(Job).where(Job.project_id == project_id,
@@ -39,7 +40,7 @@ def start_job(project_id: int, body: NewJob, c: Ctx) -> dict[str, Any]:
 
 
 @router.get("/projects/{project_id}/jobs")
-def list_jobs(project_id: int, c: Ctx) -> list[dict[str, Any]]:
+def list_jobs(project_id: Id, c: Ctx) -> list[dict[str, Any]]:
     with c.session() as session:
         get_project(session, project_id)
         jobs = session.scalars(select(Job).where(Job.project_id == project_id)
@@ -48,7 +49,7 @@ def list_jobs(project_id: int, c: Ctx) -> list[dict[str, Any]]:
 
 
 @router.get("/jobs/{job_id}")
-def show_job(job_id: int, c: Ctx) -> dict[str, Any]:
+def show_job(job_id: Id, c: Ctx) -> dict[str, Any]:
     """The job and its progress: one record per epoch (loss, accuracy), the search
     leaderboard when the run has one, and the last lines of the trainer's log."""
     with c.session() as session:
@@ -57,13 +58,13 @@ def show_job(job_id: int, c: Ctx) -> dict[str, Any]:
 
 
 @router.post("/jobs/{job_id}/resume")
-def resume_job(job_id: int, c: Ctx) -> dict[str, Any]:
+def resume_job(job_id: Id, c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         return c.jobs.resume(session, get_job(session, job_id)).to_json()
 
 
 @router.get("/projects/{project_id}/versions")
-def list_versions(project_id: int, c: Ctx) -> list[dict[str, Any]]:
+def list_versions(project_id: Id, c: Ctx) -> list[dict[str, Any]]:
     with c.session() as session:
         project = get_project(session, project_id)
     out = []
@@ -76,7 +77,7 @@ def list_versions(project_id: int, c: Ctx) -> list[dict[str, Any]]:
 
 
 @router.get("/projects/{project_id}/versions/{version}/report")
-def version_report(project_id: int, version: int,
+def version_report(project_id: Id, version: Version,
                    c: Ctx) -> dict[str, Any]:
     """``report.json`` of the version as training wrote it (evaluation, data, history), the
     item ids of the misclassified files (to show their images), and any profiler advice."""
@@ -89,20 +90,22 @@ def version_report(project_id: int, version: int,
     report: dict[str, Any] = json.loads(path.read_text())
     for error in report.get("evaluation", {}).get("misclassified", []):
         stem = str(error.get("file", "")).rsplit("/", 1)[-1].split(".", 1)[0]
-        error["item_id"] = int(stem) if stem.isdigit() else None  # snapshots name files <id>
+        # Snapshots name files <id>; other names ("²".isdigit() too) are no item of ours.
+        error["item_id"] = int(stem) if stem.isascii() and stem.isdigit() else None
     return {"version": version, "report": report, "profile": _profile_advice(ref.path),
             "has_html": (ref.path / "report.html").is_file()}
 
 
 @router.get("/projects/{project_id}/versions/{version}/report.html")
-def version_report_html(project_id: int, version: int, c: Ctx) -> FileResponse:
+def version_report_html(project_id: Id, version: Version, c: Ctx) -> FileResponse:
     """The search's self-contained HTML report (PR curves and all), when it wrote one."""
     with c.session() as session:
         project = get_project(session, project_id)
     path = ModelRepository(c.settings.models_dir).version(project.slug, version).path
     if not (path / "report.html").is_file():
         raise NotFound(f"version {version} of {project.slug!r} has no report.html")
-    return FileResponse(path / "report.html", media_type="text/html")
+    return FileResponse(path / "report.html", media_type="text/html",
+                        headers={"Content-Security-Policy": REPORT_POLICY})
 
 
 def _profile_advice(version_dir: Path) -> list[dict[str, Any]]:

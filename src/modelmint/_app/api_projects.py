@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from ..errors import Conflict, InvalidInput, NotFound
-from .context import AppContext, Ctx, get_project, unique_slug
+from .context import BUSY, MAX_ID, AppContext, Ctx, Id, get_project, unique_slug
 from .dataset import data_check, files_dir, label_counts, project_dir
-from .db import Item, Job, Project
+from .db import Item, Job, Project, RetiredSlug
 from .uploads import UNLABELED, UploadResult, check_label, ingest_file, ingest_zip, receive
 
 router = APIRouter(prefix="/api", tags=["projects and data"])
@@ -54,7 +54,7 @@ def list_projects(c: Ctx) -> list[dict[str, Any]]:
 def create_project(body: NewProject, c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = Project(name=body.name.strip(), task=body.task,
-                          slug=unique_slug(session, body.name))
+                          slug=unique_slug(session, c.settings, body.name))
         session.add(project)
         session.flush()
     files_dir(c.settings, project.id)
@@ -62,14 +62,14 @@ def create_project(body: NewProject, c: Ctx) -> dict[str, Any]:
 
 
 @router.get("/projects/{project_id}")
-def show_project(project_id: int, c: Ctx) -> dict[str, Any]:
+def show_project(project_id: Id, c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = get_project(session, project_id)
     return _summary(c, project)
 
 
 @router.patch("/projects/{project_id}")
-def rename_project(project_id: int, body: ProjectPatch,
+def rename_project(project_id: Id, body: ProjectPatch,
                    c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = get_project(session, project_id)
@@ -78,24 +78,38 @@ def rename_project(project_id: int, body: ProjectPatch,
 
 
 @router.delete("/projects/{project_id}", status_code=204)
-def delete_project(project_id: int, c: Ctx) -> None:
+def delete_project(project_id: Id, c: Ctx) -> None:
+    """Delete the project and all it owns: items and their files, jobs and their runs, every
+    published version, and the deployment (unloaded from the model server first). Its id and
+    its model name are never given to another project."""
     with c.session() as session:
         project = get_project(session, project_id)
-        if project.deployed_version is not None:
-            raise Conflict(f"project {project.name!r} has version {project.deployed_version} "
-                           "deployed; undeploy it before deleting the project")
         running = session.scalar(select(func.count()).select_from(Job).where(
             Job.project_id == project_id, Job.status == "running"))
         if running:
             raise Conflict(f"project {project.name!r} has a training job running; wait for it")
-        session.delete(project)
-    shutil.rmtree(project_dir(c.settings, project_id), ignore_errors=True)
+        job_ids = list(session.scalars(select(Job.id).where(Job.project_id == project_id)))
+    with c.lock:  # no deployment may start (or be running) meanwhile
+        if c.deployments.get(project_id, {}).get("state") in BUSY:
+            raise Conflict(f"project {project.name!r} is being deployed or deleted; wait")
+        c.deployments[project_id] = {"state": "deleting", "version": None, "error": None}
+    try:
+        c.serving.undeploy(project.slug)  # raises, keeping the project, if the server cannot
+        with c.session() as session:
+            session.delete(get_project(session, project_id))
+            session.add(RetiredSlug(slug=project.slug))
+    finally:
+        with c.lock:
+            c.deployments.pop(project_id, None)
+    for folder in (project_dir(c.settings, project_id), c.settings.models_dir / project.slug,
+                   *(c.jobs.job_dir(job_id) for job_id in job_ids)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @router.post("/projects/{project_id}/uploads", status_code=201, openapi_extra={
     "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string",
                                                                           "format": "binary"}}}}})
-async def upload(request: Request, project_id: int, c: Ctx,
+async def upload(request: Request, project_id: Id, c: Ctx,
                  filename: str = Query(min_length=1, max_length=500,
                                        description="Name of the file: a .zip or one item."),
                  label: str | None = Query(None, description="Label for a single file.")
@@ -108,7 +122,7 @@ async def upload(request: Request, project_id: int, c: Ctx,
     dest = incoming / f"{uuid.uuid4().hex}.part"
     declared = request.headers.get("content-length")
     await receive(request.stream(), dest, c.settings.upload_max_bytes, filename,
-                  int(declared) if declared and declared.isdigit() else None)
+                  int(declared) if declared and declared.isascii() and declared.isdigit() else None)
     try:
         result = await run_in_threadpool(_ingest, c, project_id, dest, filename, label)
     finally:
@@ -137,9 +151,9 @@ def _ingest(c: AppContext, project_id: int, path: Path, filename: str,
 
 
 @router.get("/projects/{project_id}/items")
-def list_items(project_id: int, c: Ctx, label: str | None = Query(
+def list_items(project_id: Id, c: Ctx, label: str | None = Query(
         None, description=f"Only this label ({UNLABELED!r}: the unlabeled items)."),
-               offset: int = Query(0, ge=0), limit: int = Query(200, ge=1, le=1000)
+               offset: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(200, ge=1, le=1000)
                ) -> dict[str, Any]:
     with c.session() as session:
         get_project(session, project_id)
@@ -155,7 +169,7 @@ def list_items(project_id: int, c: Ctx, label: str | None = Query(
 
 
 @router.patch("/projects/{project_id}/items/{item_id}")
-def relabel(project_id: int, item_id: int, body: LabelPatch,
+def relabel(project_id: Id, item_id: Id, body: LabelPatch,
             c: Ctx) -> dict[str, Any]:
     with c.session() as session:
         project = get_project(session, project_id)
@@ -170,7 +184,7 @@ def relabel(project_id: int, item_id: int, body: LabelPatch,
 
 
 @router.get("/projects/{project_id}/items/{item_id}/file")
-def item_file(project_id: int, item_id: int, c: Ctx) -> FileResponse:
+def item_file(project_id: Id, item_id: Id, c: Ctx) -> FileResponse:
     with c.session() as session:
         item = session.get(Item, item_id)
         if item is None or item.project_id != project_id:
@@ -182,7 +196,7 @@ def item_file(project_id: int, item_id: int, c: Ctx) -> FileResponse:
 
 
 @router.get("/projects/{project_id}/check")
-def check(project_id: int, c: Ctx) -> dict[str, Any]:
+def check(project_id: Id, c: Ctx) -> dict[str, Any]:
     """The data check (counts per split, unreadable files, duplicates, leakage, outliers)."""
     with c.session() as session:
         project = get_project(session, project_id)

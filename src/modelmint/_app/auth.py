@@ -10,14 +10,14 @@ page on the web could otherwise POST to 127.0.0.1): that is the CSRF protection.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from .._serve.auth import load_or_create_token as load_or_create_token_file
+from .._serve.auth import token_matches
 from .settings import AppSettings
 
 COOKIE = "mint_token"
@@ -26,15 +26,8 @@ OPEN_PATHS = ("/login", "/static/", "/api/session")
 
 
 def load_or_create_token(settings: AppSettings) -> tuple[str, bool]:
-    """(token, created now). Created with O_EXCL and mode 0600, so it is never world-readable."""
-    path = settings.token_file
-    if path.is_file():
-        return path.read_text().strip(), False
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token, True
+    """(token, created now): the model server's token file scheme, in ``DATA_DIR/token``."""
+    return load_or_create_token_file(settings.token_file)
 
 
 def presented_token(request: Request) -> str | None:
@@ -62,8 +55,10 @@ def make_guard(token: str | None) -> Callable[[Request, Callable[[Request],
                                  f"{request.headers.get('origin')!r} is not this app)"}, 403)
         if token is not None and not path.startswith(OPEN_PATHS):
             given = presented_token(request)
-            if given is None or not secrets.compare_digest(given, token):
-                if path.startswith("/api/") or path == "/openapi.json":
+            if not token_matches(given, token):
+                # A page visit goes to the login page; a change is refused, whatever its path.
+                if (path.startswith("/api/") or path == "/openapi.json"
+                        or request.method not in SAFE_METHODS):
                     return JSONResponse({"error": "this app needs its access token: send "
                                          "'Authorization: Bearer TOKEN' (printed at first "
                                          "start, stored in DATA_DIR/token)"}, 401)

@@ -3,6 +3,10 @@
 Files live on disk under the data dir; the database only says what they are: an item's label
 and split, a job's state, which version of a project is deployed. SQLite by default, PostgreSQL
 by URL — the same models and migrations serve both.
+
+Ids name folders (``projects/<id>``, ``jobs/<id>``) and URLs, and a project's slug names its
+models, so none is ever given out twice: SQLite tables are AUTOINCREMENT (PostgreSQL sequences
+never go back), and a deleted project's slug is kept in ``retired_slugs``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ class Base(DeclarativeBase):
     pass
 
 
+_NO_REUSE = {"sqlite_autoincrement": True}  # SQLite would hand out a deleted largest id again
+
+
 class Project(Base):
     __tablename__ = "projects"
+    __table_args__ = _NO_REUSE
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(64), unique=True)  # the model name when served
@@ -45,6 +53,7 @@ class Item(Base):
     """One uploaded file (an image, a wav, a text); ``label`` None means unlabeled."""
 
     __tablename__ = "items"
+    __table_args__ = _NO_REUSE
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"),
                                             index=True)
@@ -67,6 +76,7 @@ class Item(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = _NO_REUSE
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"),
                                             index=True)
@@ -91,6 +101,14 @@ class Job(Base):
                 "created": self.created, "finished": self.finished}
 
 
+class RetiredSlug(Base):
+    """The slug of a deleted project: no new project gets it (nor its models)."""
+
+    __tablename__ = "retired_slugs"
+    slug: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retired: Mapped[str] = mapped_column(String(32), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -109,9 +127,26 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (creates it on an empty database)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying it and dropping the old one; with foreign keys
+            # on, dropping "projects" would cascade-delete every item and job. The pragma only
+            # takes effect outside a transaction, so before the migration's.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

@@ -1,10 +1,11 @@
 """Training jobs: `mint train` subprocesses the app starts, watches and resumes.
 
 A job is a child process in its own session (Ctrl-C at the app's terminal reaches the app, which
-then stops its jobs with SIGINT so `mint train` checkpoints and records "interrupted"). The
-browser only reads state, so a refresh changes nothing. The app is the only writer of a job's
-row; when it starts it marks jobs left "running" by a previous app as interrupted (their process
-is gone, or is stopped now), and ``resume`` continues them with `mint train --resume`.
+then stops its jobs with SIGINT so `mint train` checkpoints and records "interrupted"); if the
+app dies, the kernel sends the trainer that SIGINT itself (:mod:`.children`). The browser only
+reads state, so a refresh changes nothing. The app is the only writer of a job's row; when it
+starts it marks jobs left "running" by a previous app as interrupted (their process is gone, or
+is stopped now), and ``resume`` continues them with `mint train --resume`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import InvalidInput
+from .children import ChildRecord, spawn, stop
 from .dataset import build_snapshot, training_input
 from .db import Job, Project, utcnow
 from .settings import AppSettings
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 INTERRUPTED_RC = 130  # what `mint train` exits with after Ctrl-C (TrainingInterrupted)
 STOP_GRACE_S = 20.0
+PROCESS_FILE = "process.json"  # in the job's folder: its trainer (see .children)
 
 
 class JobManager:
@@ -69,8 +71,12 @@ class JobManager:
         """Jobs a previous app left "running" cannot be watched any more: interrupted."""
         with self.sessions.begin() as session:
             for job in session.scalars(select(Job).where(Job.status == "running")):
-                if job.pid is not None and _is_our_trainer(job.pid, self.job_dir(job.id)):
-                    _stop_process(job.pid)
+                record = ChildRecord.load(self.job_dir(job.id) / PROCESS_FILE)
+                if record is not None and record.is_running():
+                    stop(record.pid, signal.SIGINT)  # it checkpoints, so a resume never races it
+                elif (record is None and job.pid is not None
+                      and _is_our_trainer(job.pid, self.job_dir(job.id))):
+                    stop(job.pid, signal.SIGINT)  # started before trainers were recorded
                 job.status, job.pid, job.finished = "interrupted", None, utcnow()
                 job.error = "the app stopped while this job was running; resume it"
 
@@ -135,11 +141,10 @@ class JobManager:
     def _spawn(self, job_id: int, args: list[str]) -> int:
         work = self.job_dir(job_id)
         with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
-            # Its own session: a terminal Ctrl-C reaches only the app, which stops jobs itself.
-            proc = subprocess.Popen([self.settings.python, "-m", "modelmint.cli", *args],
-                                    stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env={**os.environ,
-                                                                 "COLUMNS": "100"})
+            proc, record = spawn([self.settings.python, "-m", "modelmint.cli", *args],
+                                 signal.SIGINT, stdout=out, stderr=err,
+                                 stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"})
+        record.save(work / PROCESS_FILE)
         with self._lock:
             self.children[job_id] = proc
         return proc.pid
@@ -285,24 +290,3 @@ def _is_our_trainer(pid: int, job_dir: Path) -> bool:
     except OSError:
         return False
     return "modelmint.cli" in cmdline and str(job_dir) in cmdline
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    # An orphan's zombie lingers where PID 1 does not reap (containers): it is not running.
-    return "\nState:\tZ" not in status
-
-
-def _stop_process(pid: int) -> None:
-    """SIGINT an orphaned trainer (it checkpoints and exits), so a resume never races it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)

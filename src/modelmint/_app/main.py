@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from rich.console import Console
+from starlette.exceptions import HTTPException
 
+from .._serve.auth import token_matches
 from ..errors import MintError, Unauthorized
 from . import api_deploy, api_jobs, api_projects, pages
 from .auth import COOKIE, load_or_create_token, make_guard
 from .context import AppContext
 from .db import make_engine, migrate, session_factory
+from .edge import Edge, allowed_hosts
 from .jobs import JobManager
 from .serving import Serving
 from .settings import AppSettings
 
 STATIC = Path(__file__).parent / "static"
+LOGIN_BODY = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["token"],
+        "properties": {"token": {"type": "string", "description": "The access token."}}}}}}}
 
 
 def create_app(settings: AppSettings, console: Console | None = None) -> FastAPI:
@@ -63,6 +69,7 @@ def create_app(settings: AppSettings, console: Console | None = None) -> FastAPI
                               " Every page of the web app uses this API.")
     app.state.ctx = context
     app.middleware("http")(make_guard(token))
+    app.add_middleware(Edge, allowed=allowed_hosts(settings))  # added last: runs first
     app.include_router(api_projects.router)
     app.include_router(api_jobs.router)
     app.include_router(api_deploy.router)
@@ -79,13 +86,20 @@ def create_app(settings: AppSettings, console: Console | None = None) -> FastAPI
                              for e in exc.errors())
         return JSONResponse({"error": problems}, 400)
 
-    @app.post("/api/session", tags=["auth"])
-    def login(token_: str = Form(alias="token")) -> Response:
-        """Exchange the token for the browser's HttpOnly, SameSite=Strict session cookie."""
-        if token is not None and not secrets.compare_digest(token_.strip(), token):
+    @app.post("/api/session", tags=["auth"], openapi_extra=LOGIN_BODY)
+    async def login(request: Request) -> Response:
+        """Exchange the token (form field ``token``) for the browser's HttpOnly,
+        SameSite=Strict session cookie."""
+        if token is None:
+            return RedirectResponse("/", 303)  # on loopback there is nothing to sign in to
+        try:
+            given = (await request.form()).get("token")
+        except HTTPException:  # not a form at all: no token either
+            given = None
+        if not isinstance(given, str) or not token_matches(given.strip(), token):
             raise Unauthorized("wrong access token")
         reply = RedirectResponse("/", 303)
-        reply.set_cookie(COOKIE, token_.strip(), httponly=True, samesite="strict",
+        reply.set_cookie(COOKIE, token, httponly=True, samesite="strict",
                          max_age=30 * 24 * 3600)
         return reply
 

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ..errors import NotFound
-from .context import Ctx, get_project
+from .context import Ctx, Id, get_project
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -28,12 +28,12 @@ def login(request: Request) -> Response:
 
 
 @router.get("/projects/{project_id}")
-def project_home(project_id: int) -> Response:
+def project_home(project_id: Id) -> Response:
     return RedirectResponse(f"/projects/{project_id}/data", 303)
 
 
 @router.get("/projects/{project_id}/{tab}", response_class=HTMLResponse)
-def project_tab(request: Request, project_id: int, tab: str,
+def project_tab(request: Request, project_id: Id, tab: str,
                 c: Ctx) -> Response:
     if tab not in TABS:
         raise NotFound(f"no page {tab!r}; pages are {', '.join(TABS)}")

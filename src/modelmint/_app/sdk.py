@@ -20,7 +20,7 @@ from .._repository import ONNX_FILE, ModelMetadata
 from ..errors import InvalidInput
 
 _FILES = resources.files("modelmint._app") / "sdk_files"
-_DATA = Path(__file__).parents[1] / "data"
+_DATA = Path(__file__).parents[1] / "_data"
 ERRORS_PY = '''"""The errors the vendored preprocessing raises (modelmint.errors, no HTTP codes)."""
 
 

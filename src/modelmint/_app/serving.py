@@ -12,11 +12,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import httpx
 from .._repository import CONFIG_FILE, ModelRepository
 from .._serve.v2client import V2Client, bytes_request, classifications, encoded_input
 from ..errors import InvalidInput, MintError, ModelNotReady, NotFound
+from .children import ChildRecord, spawn, stop
 from .settings import AppSettings
 
 READY_TIMEOUT_S = 60.0
@@ -41,34 +44,76 @@ def free_port() -> int:
 class Serving:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the server this app started
+        self.pid: int | None = None  # the server this app owns: started or adopted
         self.url = (settings.serve_url or "").rstrip("/")
         self.grpc_url = ""
         self.client = httpx.Client(timeout=INFER_TIMEOUT_S)
         self.v2: V2Client | None = None  # made on first use: the URL is known after start()
         self.v2_lock = threading.Lock()
 
+    @property
+    def record_file(self) -> Path:
+        """The owned server's pid, start time, command line and ports (see :mod:`.children`)."""
+        return self.settings.data_dir / "serve.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.data_dir / "serve.log"
+
     def start(self) -> None:
+        """Start the app's own `mint serve`, or adopt the one a previous app left running."""
         if self.url:
             return  # someone else owns the server
+        if self._adopt():
+            return
         http_port, grpc_port = free_port(), free_port()
-        log = (self.settings.data_dir / "serve.log").open("ab")
-        self.proc = subprocess.Popen(
-            [self.settings.python, "-m", "modelmint.cli", "serve", str(self.settings.serving_dir),
-             "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        self.url, self.grpc_url = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+        argv = [self.settings.python, "-m", "modelmint.cli", "serve",
+                str(self.settings.serving_dir), "--http-port", str(http_port),
+                "--grpc-port", str(grpc_port), "--metrics-port", "0"]
+        with self.log_file.open("ab") as log:
+            self.proc, record = spawn(argv, signal.SIGTERM, stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        replace(record, ports={"http": http_port, "grpc": grpc_port}).save(self.record_file)
+        self._use_ports(http_port, grpc_port)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.record_file.unlink(missing_ok=True)
                 raise MintError(f"mint serve exited with code {self.proc.returncode}; see "
-                                f"{self.settings.data_dir / 'serve.log'}")
-            with contextlib.suppress(httpx.TransportError):
-                if self.client.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
-                    return
+                                f"{self.log_file}")
+            if self._live():
+                return
             time.sleep(0.2)
-        raise MintError(f"mint serve not live after {READY_TIMEOUT_S:.0f}s")
+        raise MintError(f"mint serve not live after {READY_TIMEOUT_S:.0f}s; see {self.log_file}")
+
+    def _adopt(self) -> bool:
+        """Take over the server a previous app of this data dir recorded, when it is still that
+        process and answers; stop it when it is that process but does not answer."""
+        record = ChildRecord.load(self.record_file)
+        if record is None:
+            return False
+        self.record_file.unlink(missing_ok=True)
+        if not record.is_running():
+            return False  # gone, or its pid now belongs to an unrelated process
+        if {"http", "grpc"} <= record.ports.keys():
+            self._use_ports(record.ports["http"], record.ports["grpc"])
+            if self._live():
+                self.pid = record.pid
+                record.save(self.record_file)
+                return True
+        self.url = self.grpc_url = ""
+        stop(record.pid)
+        return False
+
+    def _use_ports(self, http_port: int, grpc_port: int) -> None:
+        self.url, self.grpc_url = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+
+    def _live(self) -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return self.client.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200
+        return False
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -78,6 +123,10 @@ class Serving:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        elif self.proc is None and self.pid is not None:  # adopted: not our child to wait for
+            stop(self.pid)
+        if self.pid is not None:
+            self.record_file.unlink(missing_ok=True)
         self.client.close()
         if self.v2 is not None:
             self.v2.close()
@@ -108,6 +157,10 @@ class Serving:
             raise
 
     def undeploy(self, slug: str) -> None:
+        """Unload ``slug`` from the server, then remove it from the served repository. Nothing
+        there: nothing to do (the server only ever loads what is in that repository)."""
+        if not (self.settings.serving_dir / slug).exists():
+            return
         with contextlib.suppress(NotFound):
             self._post(f"/v2/repository/models/{slug}/unload")
         shutil.rmtree(self.settings.serving_dir / slug, ignore_errors=True)
@@ -141,12 +194,12 @@ class Serving:
         return [{"label": label, "index": index, "probability": score}
                 for score, index, label in classifications(reply)[0]]
 
-    def _get(self, path: str) -> Any:
-        return self._check(self.client.get(self.url + path))
-
     def _post(self, path: str, body: Any = None) -> Any:
-        return self._check(self.client.post(self.url + path,
-                                            json={} if body is None else body))
+        try:
+            reply = self.client.post(self.url + path, json={} if body is None else body)
+        except httpx.TransportError as exc:
+            raise ModelNotReady(f"model server at {self.url} did not answer: {exc}") from None
+        return self._check(reply)
 
     @staticmethod
     def _check(reply: httpx.Response) -> Any:

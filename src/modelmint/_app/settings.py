@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._settings import APP, default
+from ..errors import InvalidInput
 
 
 @dataclass
@@ -16,6 +18,8 @@ class AppSettings:
     data_dir: Path = field(default_factory=lambda: Path(default(APP, "data_dir")))
     database: str | None = default(APP, "database")
     host: str = default(APP, "host")
+    allowed_hosts: list[str] | None = field(
+        default_factory=lambda: default(APP, "allowed_hosts"))
     port: int = default(APP, "port")
     serve_url: str | None = default(APP, "serve_url")
     upload_max_bytes: int = default(APP, "upload_max_bytes")
@@ -28,6 +32,7 @@ class AppSettings:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()  # the default is "~/.modelmint"
+        self.allowed_hosts = [_host_name(h) for h in self.allowed_hosts or ()]
 
     @property
     def database_url(self) -> str:
@@ -70,3 +75,20 @@ class AppSettings:
                      self.jobs_dir):
             path.mkdir(parents=True, exist_ok=True)
 
+
+
+def _host_name(value: str) -> str:
+    """An ``--allowed-host`` value as the Host check compares it: lowercase, no brackets."""
+    name = value.strip().lower().rstrip(".")
+    if name == "*":  # any name: no Host check (a proxy in front checks it)
+        return name
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name, re.ASCII):
+        raise InvalidInput(f"--allowed-host {value!r}: expected a host name or an IP address, "
+                           "without port or scheme (e.g. mint.example.org or 192.0.2.7)")
+    return name

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -70,33 +72,85 @@ class AudioSpec:
 
 # --- decoding ---------------------------------------------------------------------------------
 
-def decode_audio(source: bytes | str | Path, spec: AudioSpec, name: str | None = None
-                 ) -> np.ndarray:
-    """A sound file (bytes or path) → mono FP32 waveform at ``spec.sample_rate``."""
+_MIB = 1024 * 1024
+_BLOCK_FRAMES = 1 << 16  # read a block at a time: only the mono waveform is ever whole
+_WORKING_BYTES = 16 * _MIB  # the resampler's and the features' own buffers
+
+
+class MemoryBudget(Protocol):
+    """Memory that the decodes in flight share (a server's). ``reserve`` waits until ``nbytes``
+    fit beside the other decodes and holds them until the block exits. (The same protocol as
+    the image module's: each module is vendored alone.)"""
+
+    @property
+    def limit(self) -> int: ...
+
+    def reserve(self, nbytes: int) -> AbstractContextManager[object]: ...
+
+
+def decode_bytes(frames: int, channels: int, rate: int, spec: AudioSpec) -> int:
+    """The peak memory, in bytes, of decoding ``frames`` of ``channels`` at ``rate`` Hz (from
+    the file's header) to mono at ``spec.sample_rate``: the mono waveform, its resampled copy
+    and one block of frames."""
+    resampled = 0 if rate == spec.sample_rate else math.ceil(frames * spec.sample_rate / rate)
+    return _WORKING_BYTES + 4 * (frames + resampled) + 8 * _BLOCK_FRAMES * channels
+
+
+def decode_audio(source: bytes | str | Path, spec: AudioSpec, name: str | None = None,
+                 budget: MemoryBudget | None = None) -> np.ndarray:
+    """A sound file (bytes or path) → mono FP32 waveform at ``spec.sample_rate``; refused over
+    the duration limit or, given a ``budget``, when it needs more memory than that allows."""
     import soundfile as sf
 
     label = name or (str(source) if isinstance(source, (str, Path)) else "request audio")
     fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with sf.SoundFile(fp) as f:
-            rate, frames = f.samplerate, f.frames
+            rate, frames, channels = f.samplerate, f.frames, f.channels
             if frames > spec.max_input_s * rate:
                 raise AudioDecodeError(f"{label}: {frames / rate:.1f} s of sound exceeds the "
                                        f"limit of {spec.max_input_s:g} s")
-            wave = f.read(dtype="float32", always_2d=True)
+            with _reserve(frames, channels, rate, spec, budget, label):
+                mono = _read_mono(f, frames)
+                if mono.size == 0:
+                    raise AudioDecodeError(f"{label}: the sound file holds no samples")
+                if rate != spec.sample_rate:
+                    import soxr
+
+                    mono = soxr.resample(mono, rate, spec.sample_rate, quality="HQ")
+                return np.asarray(mono, np.float32)
     except AudioDecodeError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise AudioDecodeError(f"{label}: not a decodable sound file such as WAV ({exc})"
                                ) from exc
-    if wave.shape[0] == 0:
-        raise AudioDecodeError(f"{label}: the sound file holds no samples")
-    mono = wave.mean(axis=1)
-    if rate != spec.sample_rate:
-        import soxr
 
-        mono = soxr.resample(mono, rate, spec.sample_rate, quality="HQ")
-    return np.asarray(mono, np.float32)
+
+def _reserve(frames: int, channels: int, rate: int, spec: AudioSpec,
+             budget: MemoryBudget | None, label: str) -> AbstractContextManager[object]:
+    if budget is None:
+        return nullcontext()
+    need = decode_bytes(frames, channels, rate, spec)
+    if need > budget.limit:
+        raise AudioDecodeError(
+            f"{label}: decoding {frames} frames of {channels} channel(s) at {rate} Hz needs "
+            f"about {need / _MIB:.0f} MiB, over this server's decode memory budget of "
+            f"{budget.limit / _MIB:.0f} MiB")
+    return budget.reserve(need)
+
+
+def _read_mono(f: Any, frames: int) -> np.ndarray:
+    """At most ``frames`` (the header's count, which the budget was checked against), averaged
+    over the channels a block at a time: a row's mean does not depend on the other rows."""
+    mono = np.empty(frames, np.float32)
+    done = 0
+    while done < frames:
+        block = f.read(min(_BLOCK_FRAMES, frames - done), dtype="float32", always_2d=True)
+        if len(block) == 0:
+            break
+        mono[done:done + len(block)] = block.mean(axis=1)
+        done += len(block)
+    return mono[:done]
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -178,18 +232,19 @@ def log_mel(wave: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return np.log(mel + spec.log_floor).astype(np.float32)[None]
 
 
-def preprocess_audio(source: bytes | str | Path, spec: AudioSpec, name: str | None = None
-                     ) -> np.ndarray:
+def preprocess_audio(source: bytes | str | Path, spec: AudioSpec, name: str | None = None,
+                     budget: MemoryBudget | None = None) -> np.ndarray:
     """Sound file (bytes or path) → FP32 ``[1, n_mels, frames]``."""
-    return log_mel(decode_audio(source, spec, name), spec)
+    return log_mel(decode_audio(source, spec, name, budget), spec)
 
 
-def preprocess_audio_batch(sources: list[bytes], spec: AudioSpec, name: str = "audio"
-                           ) -> np.ndarray:
-    """Sound files → FP32 ``[N, 1, n_mels, frames]``; errors name the element index."""
+def preprocess_audio_batch(sources: list[bytes], spec: AudioSpec, name: str = "audio",
+                           budget: MemoryBudget | None = None) -> np.ndarray:
+    """Sound files → FP32 ``[N, 1, n_mels, frames]``; errors name the element index. The files
+    are decoded one at a time, each under ``budget``."""
     out = np.empty([len(sources), *spec.shape], np.float32)
     for i, blob in enumerate(sources):
-        out[i] = preprocess_audio(blob, spec, name=f"{name}[{i}]")
+        out[i] = preprocess_audio(blob, spec, name=f"{name}[{i}]", budget=budget)
     return out
 
 
@@ -226,41 +281,55 @@ def load_audio_data(path: str | Path, *, seed: int = 0, group_by: str | None = N
         raise DataError(f"{root}: sound data must be a folder laid out as root/<class>/*.wav")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     warnings: list[str] = []
+    max_seconds = AudioSpec().max_input_s
     found: dict[str, list[str]] = {label: [] for label in classes}
+    unusable: dict[str, Counter[str]] = {label: Counter() for label in classes}
     seen: dict[str, str] = {}
     duplicates = 0
     for label in classes:
         for file in sorted((root / label).rglob("*")):
             rel = file.relative_to(root)
-            if (not file.is_file() or file.suffix.lower() not in AUDIO_SUFFIXES
-                    or any(part.startswith(".") for part in rel.parts)):
+            if not file.is_file() or any(part.startswith(".") for part in rel.parts):
                 continue
-            blob = file.read_bytes()
+            if file.suffix.lower() not in AUDIO_SUFFIXES:
+                unusable[label][f"{file.suffix.lower() or '(no extension)'} files"] += 1
+                continue
             try:
-                sf.info(io.BytesIO(blob))
+                seconds = sf.info(str(file)).duration  # the header only: no file read whole
             except (sf.LibsndfileError, RuntimeError) as exc:
                 warnings.append(f"{rel}: skipped, not a decodable sound file ({exc})")
+                unusable[label]["undecodable sound files"] += 1
                 continue
-            digest = hashlib.sha256(blob).hexdigest()
+            if seconds > max_seconds:  # decoding it for features would fail mid-training
+                warnings.append(f"{rel}: skipped, {seconds:.1f} s of sound exceeds the limit of "
+                                f"{max_seconds:g} s")
+                unusable[label]["too long sound files"] += 1
+                continue
+            with file.open("rb") as stream:
+                digest = hashlib.file_digest(stream, "sha256").hexdigest()
             if digest in seen:
                 duplicates += 1
                 warnings.append(f"{rel}: skipped, exact duplicate of {seen[digest]}")
+                unusable[label]["duplicates"] += 1
                 continue
             seen[digest] = rel.as_posix()
             found[label].append(rel.as_posix())
-    counts = {label: len(files) for label, files in found.items() if files}
-    used = sorted(counts)
-    if len(used) < 2:
-        raise DataError(f"{root}: found {len(used)} class folder(s) with sound files "
-                        f"({', '.join(AUDIO_SUFFIXES)}); expected at least 2, laid out as "
-                        "root/<class>/*.wav")
-    small = [label for label, n in counts.items() if n < 2]
+    held = {label: f"{label}/: {len(found[label])} usable sound file(s)" + (
+        f" ({', '.join(f'{n} {what}' for what, n in unusable[label].most_common())} skipped)"
+        if unusable[label] else "") for label in classes}
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s) "
+                        f"({'; '.join(held.values()) or 'none'}); expected at least 2, laid out "
+                        f"as root/<class>/*.wav ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    small = [label for label in classes if len(found[label]) < 2]
     if small:
-        raise DataError(f"{root}: classes {small} have fewer than 2 sound files; need 2 or more "
-                        "each to have one in training and one in validation")
-    items = [(file, index) for index, label in enumerate(used) for file in found[label]]
+        raise DataError(f"{root}: class folder(s) {', '.join(f'{c}/' for c in small)} have fewer "
+                        "than 2 usable sound files; each class needs 2 or more, one for training "
+                        f"and one for validation. Found: {'; '.join(held.values())}")
+    counts = {label: len(files) for label, files in found.items()}
+    items = [(file, index) for index, label in enumerate(classes) for file in found[label]]
     train, val, groups, note = split_items(items, seed=seed, group_by=group_by,
-                                           group_key=lambda item: Path(item).name)
-    return TaskData(task=TASK, root=root, labels=used, train=train, val=val, split_note=note,
+                                           group_key=lambda item: Path(item).name, labels=classes)
+    return TaskData(task=TASK, root=root, labels=classes, train=train, val=val, split_note=note,
                     groups=groups, warnings=warnings,
                     extra={"duplicates_removed": duplicates, "class_counts": counts})

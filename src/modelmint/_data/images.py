@@ -1,6 +1,7 @@
 """Image folders → :class:`TaskData` for training.
 
-Discovery and the data check are shared (:mod:`.layout`, :mod:`.check`); this module only
+Discovery and the data check are shared (:mod:`.layout`, :mod:`.check`); a class folder left
+without a usable training image stops the load here, before any training. This module also
 adds ``--group-by`` (which re-splits the pooled files by group) and keeps the decoded 224-pixel
 crops (``extra["crops"]``) so every image candidate reuses one decoding pass.
 """
@@ -28,14 +29,14 @@ def _regroup(layout: DatasetLayout, seed: int, group_by: str) -> tuple[DatasetLa
     by_rel = {s.rel(root): s for s in layout.samples}
     items = [(rel, classes.index(s.label)) for rel, s in by_rel.items()]
     train, val, _, note = split_items(items, seed=seed, group_by=group_by,
-                                      group_key=lambda rel: Path(rel).name)
+                                      group_key=lambda rel: Path(rel).name, labels=classes)
     if layout.split_source == "folders":
         note += " (the train/val folders were pooled and re-split by group)"
     new = DatasetLayout(
         root, classes,
         [Sample(by_rel[rel].path, classes[y], "train") for rel, y in train],
         [Sample(by_rel[rel].path, classes[y], "val") for rel, y in val],
-        note, layout.ignored_dirs)
+        note, layout.ignored_dirs, layout.empty_class_dirs)
     return new, note
 
 
@@ -47,6 +48,7 @@ def load_image_data(path: str | Path, *, seed: int = 0, group_by: str | None = N
     if group_by:
         layout, note = _regroup(layout, seed, group_by)
     report = check_dataset(layout, CROP_SPEC, strict=strict, keep_crops=True)
+    report.require_trainable()
     if not report.val:
         raise DataError(f"{layout.root}: no usable validation images; add a val/ folder or more "
                         "images per class")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ class DatasetLayout:
     val: list[Sample]
     split_source: str  # "folders" or "stratified 80/20 (seed N)"
     ignored_dirs: list[str] = field(default_factory=list)
+    # Class folders without a visible file ("bird" or "train/bird"): a class that cannot be
+    # learned, which the data check reports instead of dropping it unseen.
+    empty_class_dirs: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> list[Sample]:
@@ -51,13 +54,18 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _class_files(folder: Path, split: str) -> list[Sample]:
-    samples = []
+def _class_files(folder: Path, split: str, empty: list[Path]) -> list[Sample]:
+    """The visible files under each class folder of ``folder``; class folders with none are
+    appended to ``empty``."""
+    samples: list[Sample] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p)):
+        found = len(samples)
         for file in sorted(class_dir.rglob("*")):
             rel_parts = file.relative_to(class_dir).parts
             if file.is_file() and all(not part.startswith(".") for part in rel_parts):
                 samples.append(Sample(file, class_dir.name, split))
+        if len(samples) == found:
+            empty.append(class_dir)
     return samples
 
 
@@ -67,12 +75,13 @@ def discover(root: str | Path, seed: int = 0, val_fraction: float = 0.2) -> Data
         raise DataError(f"{root}: data folder does not exist or is not a directory")
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and _visible(p)}
     train_dir = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
+    empty: list[Path] = []
     if train_dir is not None:
         val_dir = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
-        train = _class_files(train_dir, "train")
+        train = _class_files(train_dir, "train", empty)
         ignored = sorted(p.name for p in subdirs.values() if p not in (train_dir, val_dir))
         if val_dir is not None:
-            val = _class_files(val_dir, "val")
+            val = _class_files(val_dir, "val", empty)
             classes = sorted({s.label for s in train})
             unknown = sorted({s.label for s in val} - set(classes))
             if unknown:
@@ -83,10 +92,15 @@ def discover(root: str | Path, seed: int = 0, val_fraction: float = 0.2) -> Data
             layout = stratified_split(root, train, seed, val_fraction)
             layout.ignored_dirs = ignored
     else:
-        layout = stratified_split(root, _class_files(root, "train"), seed, val_fraction)
+        layout = stratified_split(root, _class_files(root, "train", empty), seed, val_fraction)
+    layout.empty_class_dirs = [p.relative_to(root).as_posix() for p in empty]
     if len(layout.classes) < 2:
-        raise DataError(f"{root}: found {len(layout.classes)} class folder(s) with files; expected "
-                        "at least 2, laid out as root/<class>/* or root/train/<class>/*")
+        also = (f" and {len(empty)} empty ({', '.join(f'{d}/' for d in layout.empty_class_dirs)})"
+                if empty else "")
+        raise DataError(f"{root}: found {len(layout.classes)} class folder(s) with files "
+                        f"({', '.join(f'{c}/' for c in layout.classes) or 'none'}){also}; "
+                        "expected at least 2, laid out as root/<class>/* or "
+                        "root/train/<class>/*")
     return layout
 
 
@@ -134,7 +148,8 @@ def compile_group_by(group_by: str) -> re.Pattern[str]:
 
 def split_items(items: list[Item], *, seed: int, group_by: str | None = None,
                 val_fraction: float = 0.2,
-                group_key: Callable[[str], str] | None = None
+                group_key: Callable[[str], str] | None = None,
+                labels: Sequence[str] = ()
                 ) -> tuple[list[Item], list[Item], dict[str, str], str]:
     """Split labelled items into (train, val, groups, split note).
 
@@ -142,7 +157,9 @@ def split_items(items: list[Item], *, seed: int, group_by: str | None = None,
     groups go to one side, so no group (speaker, source, patient...) is on both sides; groups
     are drawn in a seeded order and one is added to validation only while that brings the
     validation share closer to ``val_fraction``. ``group_key`` maps an item id to the text the
-    regex is matched against (default: the item id itself, e.g. a relative path).
+    regex is matched against (default: the item id itself, e.g. a relative path). A grouped
+    split that leaves a class without a training item is refused (``labels`` name the classes
+    in that message): the model could never predict it.
     """
     if not group_by:
         by_class: dict[int, list[Item]] = defaultdict(list)
@@ -186,6 +203,13 @@ def split_items(items: list[Item], *, seed: int, group_by: str | None = None,
         n_val += sizes[name]
     train = [it for it in items if groups[it[0]] not in val_groups]
     val = [it for it in items if groups[it[0]] in val_groups]
+    untrained = sorted({y for _, y in val} - {y for _, y in train})
+    if untrained:
+        names = [labels[y] if y < len(labels) else str(y) for y in untrained]
+        raise DataError(f"--group-by {group_by!r}: every item of class(es) {names} is in a "
+                        f"held-out group ({', '.join(sorted(val_groups))}), so none is left for "
+                        "training; give those classes items from more groups, or change the "
+                        "pattern or --seed")
     note = (f"grouped (--group-by {group_by!r}): {len(val_groups)} of {len(names)} groups held "
             f"out for validation ({', '.join(sorted(val_groups))}); no group on both sides")
     return train, val, groups, note

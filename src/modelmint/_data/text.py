@@ -19,7 +19,6 @@ Two kinds of :class:`TextSpec`, both pure Python + NumPy at serving time:
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import unicodedata
@@ -256,20 +255,19 @@ def decode_texts(blobs: list[Any], name: str = "text") -> list[str]:
 
 
 # --- the data loader --------------------------------------------------------------------------
+# The offline SDK vendors this module up to the loader's first function: the loader is not
+# shipped, so the reader it uses is imported below that function, not at the top.
 
-def _read_rows(path: Path) -> list[list[str]]:
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
-    if path.suffix.lower() == ".tsv":
-        # TSV has no quoting convention (IANA): a stray quote must not swallow the next lines.
-        return list(csv.reader(raw.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
-    try:
-        dialect: Any = csv.Sniffer().sniff(raw[:8192], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    return list(csv.reader(raw.splitlines(keepends=True), dialect))
+def _read_rows(file: Path, label_column: str | None, text_column: str | None) -> Table:
+    def is_header(cells: list[str]) -> bool:
+        names = {c.strip().lower() for c in cells}
+        return bool(names & set(LABEL_NAMES + TEXT_NAMES)) or any(
+            name is not None and name in cells for name in (label_column, text_column))
+
+    return read_table(file, is_header)
+
+
+from .table import Table, read_table  # noqa: E402  (below the SDK's cut: see above)
 
 
 def _column(name: str | None, header: list[str] | None, width: int, what: str,
@@ -278,13 +276,14 @@ def _column(name: str | None, header: list[str] | None, width: int, what: str,
         return None
     if header is not None and name in header:
         return header.index(name)
-    if name.isdigit() and int(name) < width:
+    if name.isascii() and name.isdigit() and int(name) < width:
         return int(name)
     raise DataError(f"{where}: --{what}-column {name!r} is not a column; the header is "
                     f"{header or 'absent'} (a 0-based column number also works)")
 
 
-def _guess_columns(rows: list[list[str]], header: list[str] | None) -> tuple[int, int]:
+def _guess_columns(rows: list[list[str]], header: list[str] | None, width: int
+                   ) -> tuple[int, int]:
     """Label: the column with the fewest distinct values; text: the longest on average."""
     if header:
         lowered = [h.strip().lower() for h in header]
@@ -292,9 +291,8 @@ def _guess_columns(rows: list[list[str]], header: list[str] | None) -> tuple[int
         text = next((lowered.index(n) for n in TEXT_NAMES if n in lowered), None)
         if label is not None and text is not None and label != text:
             return label, text
-    width = len(rows[0])
     distinct = [len({r[c] for r in rows}) for c in range(width)]
-    length = [sum(len(r[c]) for r in rows) / len(rows) for c in range(width)]
+    length = [sum(len(r[c]) for r in rows) / max(1, len(rows)) for c in range(width)]
     label = min(range(width), key=lambda c: (distinct[c], c))
     text = max((c for c in range(width) if c != label), key=lambda c: length[c])
     return label, text
@@ -303,50 +301,49 @@ def _guess_columns(rows: list[list[str]], header: list[str] | None) -> tuple[int
 def load_text_data(path: str | Path, *, seed: int = 0, group_by: str | None = None,
                    label_column: str | None = None, text_column: str | None = None,
                    **_: Any) -> TaskData:
-    """A TSV/CSV with a label and a text column → :class:`TaskData`. Item ids are the file's
-    line numbers; exact duplicate texts are removed before splitting (and reported), so a text
-    can never be on both sides of the split."""
+    """A TSV/CSV with a label and a text column → :class:`TaskData`. Item ids are the line
+    numbers the rows start on. Every skipped row is reported by line number, and a file that
+    loses half of its rows is refused; exact duplicate texts are removed before splitting (and
+    reported), so a text can never be on both sides of the split."""
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise DataError(f"{file}: no such file; text data is a .tsv or .csv file")
-    rows = [r for r in _read_rows(file) if any(cell.strip() for cell in r)]
-    if len(rows) < 3:
-        raise DataError(f"{file}: {len(rows)} non-empty row(s); expected a header (optional) "
-                        "and labelled rows")
-    width = max(len(r) for r in rows)
-    if width < 2:
-        raise DataError(f"{file}: found 1 column; expected a label and a text column "
-                        "separated by a tab (.tsv) or a comma (.csv)")
-    first = [c.strip().lower() for c in rows[0]]
-    has_header = bool(set(first) & set(LABEL_NAMES + TEXT_NAMES)) or bool(
-        label_column and label_column in rows[0]) or bool(text_column and text_column in rows[0])
-    header = rows[0] if has_header else None
-    body = [(n + (2 if has_header else 1), r) for n, r in enumerate(rows[1:] if has_header
-                                                                     else rows)]
-    short = [n for n, r in body if len(r) < width]
-    body = [(n, r) for n, r in body if len(r) == width]
+    table = _read_rows(file, label_column, text_column)
+    header, width = table.header, table.width
+    if table.total < 2:
+        raise DataError(f"{file}: {table.total} data row(s); expected a header (optional) and "
+                        "labelled rows")
     label_at = _column(label_column, header, width, "label", file)
     text_at = _column(text_column, header, width, "text", file)
-    guessed_label, guessed_text = _guess_columns([r for _, r in body], header)
+    guessed_label, guessed_text = _guess_columns([r.cells for r in table.rows], header, width)
     label_at = guessed_label if label_at is None else label_at
     text_at = guessed_text if text_at is None else text_at
-    warnings = [f"{len(short)} row(s) with fewer than {width} columns skipped (first at line "
-                f"{short[0]})"] if short else []
+    columns = {"label": header[label_at] if header else label_at,
+               "text": header[text_at] if header else text_at}
     texts: dict[str, str] = {}
     labels_of: dict[str, str] = {}
     first_line: dict[str, str] = {}
     duplicates = conflicts = 0
-    for line, row in body:
-        text, label = row[text_at].strip(), row[label_at].strip()
-        if not text or not label:
+    for row in table.rows:
+        text, label = row.cells[text_at].strip(), row.cells[label_at].strip()
+        if not label or not text:
+            table.skip(f"with an empty {'label' if not label else 'text'}", row.line)
             continue
         if text in first_line:
             duplicates += 1
             conflicts += labels_of[first_line[text]] != label
             continue
-        first_line[text] = str(line)
-        texts[str(line)] = text
-        labels_of[str(line)] = label
+        first_line[text] = str(row.line)
+        texts[str(row.line)] = text
+        labels_of[str(row.line)] = label
+    if table.kept * 2 < table.total:
+        raise DataError(f"{file}: only {table.kept} of {table.total} rows could be used "
+                        f"(label column {columns['label']!r}, text column {columns['text']!r}, "
+                        f"{width} columns); skipped: {table.skipped_summary()}")
+    warnings = [*table.notes]
+    if table.skipped:
+        warnings.append(f"{table.total - table.kept} of {table.total} rows skipped: "
+                        f"{table.skipped_summary()}")
     if duplicates:
         warnings.append(f"{duplicates} exact duplicate text(s) removed before splitting"
                         + (f" ({conflicts} with a different label: the first row's label kept)"
@@ -354,18 +351,22 @@ def load_text_data(path: str | Path, *, seed: int = 0, group_by: str | None = No
     classes = sorted(set(labels_of.values()))
     counts = Counter(labels_of.values())
     if len(classes) < 2:
-        raise DataError(f"{file}: column {label_at} has {len(classes)} label(s) {classes}; "
-                        "expected at least 2 (use --label-column to name the label column)")
+        found = f"only the label {classes[0]!r}" if classes else "no label"
+        raise DataError(f"{file}: {len(labels_of)} usable row(s) with {found} in column "
+                        f"{columns['label']!r}; a classifier needs at least 2 labels (use "
+                        "--label-column to name the label column)")
     small = sorted(c for c, n in counts.items() if n < 2)
     if small:
         raise DataError(f"{file}: labels {small} have fewer than 2 rows; each label needs 2+")
     index = {c: i for i, c in enumerate(classes)}
     items = [(row_id, index[label]) for row_id, label in labels_of.items()]
     train, val, groups, note = split_items(items, seed=seed, group_by=group_by,
-                                           group_key=lambda item: texts[item])
-    columns = {"label": header[label_at] if header else label_at,
-               "text": header[text_at] if header else text_at}
+                                           group_key=lambda item: texts[item], labels=classes)
     return TaskData(task=TASK, root=file, labels=classes, train=train, val=val, split_note=note,
                     groups=groups, texts=texts, warnings=warnings,
                     extra={"duplicates_removed": duplicates, "duplicate_label_conflicts": conflicts,
-                           "columns": columns, "class_counts": dict(counts)})
+                           "columns": columns, "class_counts": dict(counts),
+                           "rows": {"total": table.total, "kept": table.kept},
+                           "skipped": sorted((f"line {n} {reason}" for reason, lines
+                                              in table.skipped.items() for n in lines),
+                                             key=lambda s: int(s.split()[1]))})

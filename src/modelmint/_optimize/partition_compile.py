@@ -47,7 +47,6 @@ from ..errors import RepositoryError
 from .partition import partition
 
 MIN_GROUP_SIZE = 3  # ops; a smaller group costs more in tensor hand-over than it saves
-RUNTIME = TORCH_PARTITIONED
 
 # key → a function computing the outputs' shapes on fake tensors: the group's original torch
 # code. torch.export traces the operator on fake tensors while it builds a program.
@@ -300,7 +299,7 @@ def publish_partitioned(repo: ModelRepository, meta: ModelMetadata,
         data = meta.to_json()
         data["version"] = version
         data["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        data["runtime"] = RUNTIME
+        data["runtime"] = TORCH_PARTITIONED
         data["provenance"] = {**meta.provenance, **(provenance or {})}
         data["partition"] = partitioned.summary()
         data["files"] = {"program": PROGRAM_FILE}

@@ -20,7 +20,14 @@ import numpy as np
 import onnx
 
 from .._data.preprocess import preprocess
-from .._repository import METADATA_FILE, ONNX_FILE, ModelMetadata, ModelRepository, VersionRef
+from .._repository import (
+    METADATA_FILE,
+    ONNX_FILE,
+    ModelMetadata,
+    ModelRepository,
+    VersionRef,
+    version_number,
+)
 from ..errors import DataError, InvalidInput, NotFound, RepositoryError
 from . import passes_onnx
 from .measure import Candidate, Timing, measure, ort_runner, ort_session
@@ -63,9 +70,10 @@ class OptimizeResult:
 def resolve(path: str | Path) -> tuple[ModelRepository, VersionRef]:
     """``REPO/<model>`` (latest version) or ``REPO/<model>/<n>`` → repository and version."""
     p = Path(path).resolve()
-    if (p / METADATA_FILE).is_file() and p.name.isdigit():
+    number = version_number(p.name)
+    if (p / METADATA_FILE).is_file() and number is not None:
         repo = ModelRepository(p.parents[1])
-        return repo, repo.version(p.parent.name, int(p.name))
+        return repo, repo.version(p.parent.name, number)
     if p.is_dir():
         repo = ModelRepository(p.parent)
         return repo, repo.version(p.name)

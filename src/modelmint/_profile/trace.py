@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from time import perf_counter, time_ns
@@ -34,7 +33,6 @@ PROFILE_DIR = "profile"
 STEPS_FILE = "steps.jsonl"
 SUMMARY_FILE = "summary.json"
 TRACE_FILE = "trace.json"
-ROLLING_WINDOW = 50  # steps in the rolling statistics shown while training
 
 
 class _Phase:
@@ -71,7 +69,6 @@ class StepTracer:
         self._step_started: float | None = None
         self._origin = perf_counter()
         self._origin_unix_us = time_ns() / 1e3  # the same instant on the wall clock
-        self._rolling: deque[float] = deque(maxlen=ROLLING_WINDOW)
         self._phases: dict[str, _Phase] = {}
         self._loaders: list[Any] = []
         self._deep: DeepCapture | None = None
@@ -131,7 +128,6 @@ class StepTracer:
         record["samples"] = float(samples)
         record["epoch"] = float(self.epoch)
         self.steps.append(record)
-        self._rolling.append(record["total"])
         self._current = {}
         self._step_started = now
         if self._deep is not None:
@@ -142,14 +138,6 @@ class StepTracer:
         self.facts.update(facts)
 
     # -- statistics ------------------------------------------------------------------------
-    def rolling(self) -> dict[str, float]:
-        """Median and mean step time over the last steps (for progress displays)."""
-        if not self._rolling:
-            return {}
-        values = list(self._rolling)
-        return {"median_s": statistics.median(values), "mean_s": statistics.fmean(values),
-                "steps": float(len(values))}
-
     def summary(self) -> dict[str, Any]:
         return summarize(self.steps, self.facts, self._pipeline_stats(), self.queue_samples)
 

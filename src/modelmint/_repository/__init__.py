@@ -12,7 +12,15 @@ from .metadata import (
     TensorInputSpec,
     TensorSpec,
 )
-from .store import ModelRepository, VersionRef, check_model_name, require_repo_dir
+from .onnx_check import check_external_data
+from .store import (
+    Ignored,
+    ModelRepository,
+    VersionRef,
+    check_model_name,
+    require_repo_dir,
+    version_number,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -23,6 +31,7 @@ __all__ = [
     "WARMUP_DIR",
     "WEIGHTS_FILE",
     "BatchingConfig",
+    "Ignored",
     "ModelConfig",
     "ModelMetadata",
     "ModelRepository",
@@ -30,6 +39,8 @@ __all__ = [
     "TensorSpec",
     "VersionPolicy",
     "VersionRef",
+    "check_external_data",
     "check_model_name",
     "require_repo_dir",
+    "version_number",
 ]

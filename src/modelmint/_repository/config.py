@@ -121,6 +121,9 @@ class ModelConfig(BaseModel):
 
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     dynamic_batching: BatchingConfig | None = None
+    # Worker processes per served version (the server's process isolation): requests spread
+    # across them, and while one restarts after a crash the others answer. Read when a
+    # version loads.
     instances: PositiveInt = 1
 
     @classmethod
@@ -132,6 +135,10 @@ class ModelConfig(BaseModel):
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise RepositoryError(f"{path}: not valid JSON ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise RepositoryError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        except OSError as exc:  # unreadable, or a folder of that name
+            raise RepositoryError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
         return cls.from_json(data, str(path))
 
     @classmethod

@@ -87,7 +87,6 @@ def spec_from_json(data: dict[str, Any]) -> PreprocessingSpec:
     raise ValueError(f"preprocessing kind {kind!r}; expected one of {list(KINDS)}")
 
 
-preprocessing_from_json = spec_from_json  # the name search/publish.py looks up
 
 
 def input_shape(spec: PreprocessingSpec) -> list[int]:
@@ -121,13 +120,6 @@ def classifier_inputs(spec: PreprocessingSpec) -> list[TensorSpec]:
     inputs = [TensorSpec(TENSOR_INPUT, "FP32", [-1, *input_shape(spec)])]
     raw = RAW_INPUTS.get(spec.kind)
     return inputs if raw is None else [*inputs, TensorSpec(raw, "BYTES", [-1])]
-
-
-def image_classifier_signature(num_classes: int, crop: int = 224
-                               ) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The two inputs (either one per request) and one output of every image classifier."""
-    inputs = classifier_inputs(ImageSpec(crop=crop))
-    return inputs, [TensorSpec(PROBABILITIES, "FP32", [-1, num_classes])]
 
 
 def _tensors(data: dict[str, Any], key: str, where: str) -> list[TensorSpec] | None:

@@ -3,6 +3,10 @@
 A version is written into a hidden temp dir and published with one ``rename`` so a reader
 never sees half a version; a name collision (another publisher won the race) takes the next
 number. Published versions are never rewritten.
+
+Version folders are named by canonical ASCII integers (``1``, ``2``, ... never ``007``, ``²`` or
+``٣``), so a number has exactly one folder name. Whatever else a folder holds is ignored, and
+:meth:`ModelRepository.scan` says why, so the server can report it instead of tripping on it.
 """
 
 from __future__ import annotations
@@ -17,18 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, RepositoryError
+from .config import CONFIG_FILE
 from .metadata import METADATA_FILE, ModelMetadata
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VERSION_NAME = re.compile(r"[1-9][0-9]*")  # [0-9] is ASCII only; fullmatch: no "\n" either
 TEMP_PREFIX = ".tmp-"
+_VERSION_NAMES = "1, 2, 3, ...: ASCII digits without leading zeros"
 
 
 def check_model_name(name: str) -> str:
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
         raise InvalidInput(f"model name {name!r}: expected 1-64 letters, digits, '_', '-' or '.', "
                            "starting with a letter or digit")
     return name
+
+
+def version_number(name: str) -> int | None:
+    """The version a folder called ``name`` holds, or None when it is not a version name."""
+    return int(name) if _VERSION_NAME.fullmatch(name) else None
 
 
 @dataclass(frozen=True)
@@ -41,23 +53,73 @@ class VersionRef:
         return ModelMetadata.load(self.path)
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """An entry of the repository that is not served: its name in its folder, and why."""
+
+    name: str
+    reason: str
+
+
 class ModelRepository:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def models(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and _MODEL_NAME.match(p.name) and self.versions(p.name))
+        """The model folders that hold at least one published version (an unreadable one
+        holds none here; :meth:`scan` says why)."""
+        return [name for name in self.model_folders()[0] if self._has_versions(name)]
+
+    def _has_versions(self, model: str) -> bool:
+        try:
+            return bool(self.versions(model))
+        except RepositoryError:
+            return False
+
+    def model_folders(self) -> tuple[list[str], list[Ignored]]:
+        """Every folder named like a model (with versions or not), and the root's other
+        entries with why each is ignored."""
+        folders, ignored = [], []
+        for entry in _entries(self.root, "the model repository"):
+            if entry.name.startswith("."):
+                continue  # hidden: editors' and publishers' temporary files
+            if not _MODEL_NAME.fullmatch(entry.name):
+                ignored.append(Ignored(entry.name, f"{entry.name!r} in the repository root is "
+                                       "not a model folder: model names are 1-64 letters, "
+                                       "digits, '_', '-' or '.', starting with a letter or "
+                                       "digit"))
+            elif not _is_dir(entry):
+                ignored.append(Ignored(entry.name, f"{entry.name!r} in the repository root is "
+                                       "a file, not a model folder"))
+            else:
+                folders.append(entry.name)
+        return sorted(folders), sorted(ignored, key=lambda i: i.name)
 
     def versions(self, model: str) -> list[VersionRef]:
-        model_dir = self.root / model
-        if not model_dir.is_dir():
-            return []
-        refs = [VersionRef(model, int(p.name), p) for p in model_dir.iterdir()
-                if p.is_dir() and p.name.isdigit() and (p / METADATA_FILE).is_file()]
-        return sorted(refs, key=lambda r: r.version)
+        return self.scan(model)[0]
+
+    def scan(self, model: str) -> tuple[list[VersionRef], list[Ignored]]:
+        """The model's published versions, and the other entries of its folder with why each
+        is ignored (hidden entries, such as publishes in progress, and config.json aside)."""
+        refs, ignored = [], []
+        for entry in _entries(self.root / model, f"model folder {model!r}"):
+            name = entry.name
+            if name.startswith(".") or name == CONFIG_FILE:
+                continue
+            number = version_number(name)
+            where = f"{model}/{name}"
+            if number is None:
+                ignored.append(Ignored(name, f"{where!r} is not a version folder: version "
+                                       f"folders are named {_VERSION_NAMES}"))
+            elif not _is_dir(entry):
+                ignored.append(Ignored(name, f"{where!r} is a file, not a version folder"))
+            elif not _is_file(Path(entry.path) / METADATA_FILE):
+                ignored.append(Ignored(name, f"{where!r} has no {METADATA_FILE}: not a "
+                                       "published version (an incomplete copy?)"))
+            else:
+                refs.append(VersionRef(model, number, Path(entry.path)))
+        return (sorted(refs, key=lambda r: r.version),
+                sorted(ignored, key=lambda i: i.name))
 
     def version(self, model: str, version: int | None = None) -> VersionRef:
         refs = self.versions(model)
@@ -105,13 +167,39 @@ class ModelRepository:
 
     @staticmethod
     def _next_version(model_dir: Path) -> int:
-        numbers = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-        return max(numbers, default=0) + 1
+        """One past every number in use, published or not: a number is never reused."""
+        numbers = (version_number(p.name) for p in model_dir.iterdir())
+        return max((n for n in numbers if n is not None), default=0) + 1
 
     def stale_temp_dirs(self) -> list[Path]:
         if not self.root.is_dir():
             return []
         return sorted(self.root.glob(f"*/{TEMP_PREFIX}*"))
+
+
+def _entries(folder: Path, what: str) -> list[os.DirEntry[str]]:
+    """The folder's entries; none when it is missing (it may be deleted while being read)."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise RepositoryError(f"{what} cannot be read: {exc.strerror or exc}") from None
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks: a linked version folder is a folder
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # unreadable (permissions): not something that can be served
+        return False
 
 
 def _restamp_version(tmp: Path, version: int) -> None:

@@ -11,9 +11,9 @@ a shared database; a heartbeat marks the trials of a dead process as failed and 
 again, and a trial interrupted by Ctrl-C is queued again on ``--resume``, in its own folder,
 where a candidate may continue from its checkpoint.
 
-Each trial that improves on this process's best saves its fitted model into its trial folder
-(``trials/NNN/fitted.pt``, user attribute ``artifact``), so the winner can be published after a
-resume, or by the coordinating process when another worker found it.
+Each trial that improves on this process's best exports its model into its trial folder
+(``trials/NNN/fitted/``, user attribute ``artifact``; no pickle), so the winner can be
+published after a resume, or by the coordinating process when another worker found it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .._tasks.contract import Candidate, Fitted, Task
 from .._tasks.registry import candidates_for, get_task, load_task_data
 from ..errors import DataError, MintError, TrainingInterrupted
 from . import leaderboard
+from .artifact import INFO_FILE, SavedFitted, save_fitted
 from .notes import notes_for
 from .options import TrainOptions
 from .plan import FixedTrial, enqueue_plan, requeue_interrupted
@@ -53,6 +54,7 @@ EXIT_SECONDS = 1.5
 TRIAL_ERRORS = (MintError, RuntimeError, ValueError, ArithmeticError)
 MAX_SLOWDOWN = 3.0
 INTERRUPTED = "interrupted"
+FITTED_DIR = "fitted"  # a trial's best model, exported (see .artifact)
 
 
 @dataclass
@@ -128,19 +130,25 @@ class Search:
         if value > self.best_value:  # keep only this process's best in memory and on disk
             self.best_value = value
             self.fitted = {trial.number: fitted}
-            workdir.mkdir(parents=True, exist_ok=True)
-            import torch  # pickles torch and sklearn models alike
-
-            torch.save(fitted, workdir / "fitted.pt")
-            trial.set_user_attr("artifact", str((workdir / "fitted.pt").resolve()))
+            saved = save_fitted(fitted, workdir / FITTED_DIR)
+            trial.set_user_attr("artifact", str(saved.resolve()))
         self.console.print(f"  → val {self.task.metric} {value:.3f} in "
                            f"{time.monotonic() - started:.0f}s")
         return value
 
+    def trials_done(self) -> int:
+        """The study's ended trials (complete, pruned or failed), over every process of the run,
+        so that ``--max-trials`` holds across resumes. A trial that a resume queued again counts
+        once: its retry counts, the trial it replaces does not."""
+        trials = self.study.get_trials(deepcopy=False)
+        replaced = {t.user_attrs.get("retry_of") for t in trials}  # interrupted (Ctrl-C)
+        replaced |= {t.system_attrs.get("failed_trial") for t in trials}  # killed (no heartbeat)
+        return sum(1 for t in trials if t.state.is_finished() and t.number not in replaced)
+
     def should_continue(self, skips: int, started_trials: int) -> bool:
         if self.opts.fixed:  # one trial of the plan, until it completes or cannot
             return started_trials == 0
-        if self.opts.max_trials is not None and started_trials >= self.opts.max_trials:
+        if self.opts.max_trials is not None and self.trials_done() >= self.opts.max_trials:
             return False
         if skips >= MAX_CONSECUTIVE_SKIPS:
             return False
@@ -173,15 +181,9 @@ def load_fitted(trial: optuna.trial.FrozenTrial, in_memory: dict[int, Fitted]) -
     if trial.number in in_memory:
         return in_memory[trial.number]
     artifact = trial.user_attrs.get("artifact")
-    if artifact and Path(artifact).is_file():
-        import torch
-
-        try:
-            loaded: Fitted = torch.load(artifact, map_location="cpu", weights_only=False)
-        except (AttributeError, ModuleNotFoundError, RuntimeError):
-            return None  # saved by another release: its classes moved; not at hand
-        return loaded
-    return None
+    if artifact and (Path(artifact) / INFO_FILE).is_file():
+        return SavedFitted(Path(artifact))
+    return None  # not saved (a trial of another release), or its folder is gone
 
 
 def pick_winner(study: optuna.Study, in_memory: dict[int, Fitted]

@@ -65,8 +65,8 @@ def run_on_ray(search: Any, opts: Any) -> None:
         deadline_wall = time.time() + search.seconds_left()
         started = 0
         while search.should_continue(0, started):
-            n = parallel if opts.max_trials is None else min(parallel,
-                                                             opts.max_trials - started)
+            n = parallel if opts.max_trials is None else min(
+                parallel, opts.max_trials - search.trials_done())
             futures = [remote.remote(opts.to_json(), str(search.run_dir), deadline_wall)
                        for _ in range(n)]
             search.console.print(f"{n} trial(s) submitted to Ray at {opts.ray}")

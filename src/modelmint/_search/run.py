@@ -13,6 +13,7 @@ from rich.console import Console
 from .._repository import check_model_name
 from ..errors import DataError
 from . import leaderboard
+from .artifact import INFO_FILE, SavedFitted
 from .driver import SearchOutcome, run_search
 from .options import TrainOptions
 from .publish import REPORT_HTML, publish_version, version_metadata
@@ -98,6 +99,9 @@ def _finish(opts: TrainOptions, outcome: SearchOutcome, console: Console,
         raise DataError(f"no trial finished within --budget {opts.seconds():g}s (see "
                         f"{run_dir / leaderboard.LEADERBOARD_FILE}); raise the budget")
     fitted, winner = outcome.fitted, outcome.winner
+    saved = Path(str(winner.user_attrs.get("artifact", "")))
+    if (saved / INFO_FILE).is_file():  # already exported and checked: publishing copies it
+        fitted = SavedFitted(saved)
     evaluation = task.evaluate(data, fitted.val_predictions())
     winner_info = {**board["winner"], "architecture": fitted.architecture,
                    "params": fitted.params}

@@ -5,6 +5,7 @@ the split, the study, one folder per trial, and the caches trials share. Everyth
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ RESUMABLE_KINDS = (KIND, "search")
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     """The next free ``<name>-<n>`` folder, created (two runs starting at once get two)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in runs_dir.glob(f"{name}-*")
-                 if p.name.rsplit("-", 1)[1].isdigit()), default=0)
+    # ASCII numbers only: a folder named "<name>-²" passes isdigit() but not int().
+    numbered = re.compile(re.escape(name) + r"-([1-9][0-9]*)")
+    matches = (numbered.fullmatch(p.name) for p in runs_dir.iterdir())
+    n = 1 + max((int(m.group(1)) for m in matches if m), default=0)
     while True:
         path = runs_dir / f"{name}-{n}"
         try:

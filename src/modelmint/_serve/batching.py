@@ -3,8 +3,10 @@
 The rule (chosen so batching never adds latency at low load; on this CPU a batch of 8 is only
 ~1.2x more efficient per image than batch 1, so batching pays only for GPUs and bursts):
 
-* **One execution at a time.** The executor already uses every core for one batch; running two
-  batches at once would only make both slower.
+* **One execution at a time per instance.** An executor already uses every core for one batch;
+  running two batches on it at once would only make both slower. A version with N instances
+  (worker processes, see :mod:`.instances`) runs up to N executions at once, each formed by the
+  rules below as if it were alone (a "lane" per instance).
 * **An idle model runs a request at once.** When nothing is executing, a request starts in the
   same event-loop turn, whatever ``max_queue_delay_us`` says: waiting could only add latency,
   since nothing else is queued to join it (requests arriving in that same turn, e.g. a burst
@@ -83,20 +85,22 @@ class DynamicBatcher:
     """Batches the requests of one model version into executions of ``run``.
 
     Used from one event loop only (the server's: HTTP and gRPC share it); no locks needed.
+    ``concurrency`` is how many executions may run at once (the version's instances).
     """
 
     def __init__(self, run: Callable[[np.ndarray], Awaitable[Outputs]],
-                 config: BatchingConfig, name: str) -> None:
+                 config: BatchingConfig, name: str, concurrency: int = 1) -> None:
         self._run = run
         self.config = config
         self.name = name
+        self.concurrency = concurrency
         self._queue: deque[_Pending] = deque()
-        self._inflight: list[_Part] = []
+        # The running executions: their parts and when each started.
+        self._executing: list[tuple[list[_Part], float]] = []
         self._arrival = asyncio.Event()  # binds to the running loop on first use (3.10+)
-        self._worker: asyncio.Task[None] | None = None
+        self._lanes: set[asyncio.Task[None]] = set()
         self._closing = False
         self._execution_s: float | None = None  # EWMA of one execution's wall time
-        self._started_at: float | None = None  # when the running execution started
 
     @property
     def queue_depth(self) -> int:
@@ -137,25 +141,27 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Refuse new requests, finish every queued one, then return."""
         self._closing = True
-        self._arrival.set()  # a worker waiting for more rows stops waiting: none will come
-        worker = self._worker
-        if worker is not None and not worker.done():
+        self._arrival.set()  # a lane waiting for more rows stops waiting: none will come
+        lanes = [lane for lane in self._lanes if not lane.done()]
+        if lanes:
             # Shielded: a caller cancelled while closing must not cancel the executions.
-            await asyncio.shield(worker)
+            await asyncio.shield(asyncio.gather(*lanes))
         self._fail_all(ModelNotReady(f"model {self.name!r} was unloaded"))  # only if it died
 
     # --- scheduling (event loop thread only) ---------------------------------------------
 
     def _kick(self) -> None:
-        if self._worker is None or self._worker.done():
-            # An idle model: start now; requests submitted in this same loop turn join it.
-            self._worker = asyncio.get_running_loop().create_task(
-                self._drain(), name=f"modelmint-batcher-{self.name}")
+        self._lanes = {lane for lane in self._lanes if not lane.done()}
+        if len(self._lanes) < self.concurrency:
+            # An idle instance: start now; requests submitted in this same loop turn join it.
+            self._lanes.add(asyncio.get_running_loop().create_task(
+                self._drain(), name=f"modelmint-batcher-{self.name}"))
         else:
             self._arrival.set()
 
     async def _drain(self) -> None:
-        """Run batches until the queue is empty, then exit (the next arrival starts anew)."""
+        """One lane: run batches until the queue is empty, then exit (the next arrival starts
+        anew)."""
         try:
             first = True
             while self._queue:
@@ -236,19 +242,20 @@ class DynamicBatcher:
         else:
             batch = np.concatenate([item.rows[start:start + n] for item, start, n in parts])
         rows = int(batch.shape[0])
-        self._inflight = parts
-        started = self._started_at = time.monotonic()
+        started = time.monotonic()
+        execution = (parts, started)
+        self._executing.append(execution)
         try:
             outputs = await self._run(batch)
             self._check_rows(outputs, rows)
         except Exception as exc:  # every request in the failed execution gets the error
-            self._inflight, self._started_at = [], None
+            self._finished_executing(execution)
             for item, _, _ in parts:
                 self._discard(item)  # a split request's remaining rows must not run
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self._inflight, self._started_at = [], None
+        self._finished_executing(execution)
         compute = time.monotonic() - started
         self._execution_s = compute if self._execution_s is None else (
             _EWMA * compute + (1 - _EWMA) * self._execution_s)
@@ -295,6 +302,10 @@ class DynamicBatcher:
 
     # --- internals -------------------------------------------------------------------------
 
+    def _finished_executing(self, execution: tuple[list[_Part], float]) -> None:
+        if execution in self._executing:  # unless _fail_all already dropped it
+            self._executing.remove(execution)
+
     def _queued_rows(self) -> int:
         return sum(item.size - item.sent for item in self._queue)
 
@@ -303,8 +314,9 @@ class DynamicBatcher:
             self._queue.remove(item)
 
     def _fail_all(self, error: Exception) -> None:
-        pending = [item for item, _, _ in self._inflight] + list(self._queue)
-        self._inflight, self._started_at = [], None
+        running = [item for parts, _ in self._executing for item, _, _ in parts]
+        pending = running + list(self._queue)
+        self._executing = []
         self._queue.clear()
         for item in pending:
             if not item.future.done():
@@ -314,9 +326,11 @@ class DynamicBatcher:
         """Seconds until the queue has likely drained: the clients' Retry-After."""
         # Before any execution finished, the running one has taken at least this long; a
         # 0.1 s floor guess (the header rounds up to 1 s anyway) covers the very first.
-        running = 0.0 if self._started_at is None else time.monotonic() - self._started_at
+        started = min((at for _, at in self._executing), default=None)
+        running = 0.0 if started is None else time.monotonic() - started
         per_execution = max(running, 0.1 if self._execution_s is None else self._execution_s)
-        executions = math.ceil(self._queued_rows() / self.config.max_batch_size) + 1
+        rows_at_once = self.config.max_batch_size * self.concurrency
+        executions = math.ceil(self._queued_rows() / rows_at_once) + 1
         return executions * per_execution
 
     def _deadline_message(self, timeout_s: float) -> str:

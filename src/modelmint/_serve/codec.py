@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -46,26 +47,62 @@ from .types import (
 )
 
 # Re-exported: the codec's public surface predates the shared tensor functions.
-__all__ = ["HEADER_LENGTH", "decode_request", "encode_response", "parse_header_length",
-           "serialize_bytes"]
+__all__ = ["HEADER_LENGTH", "LOAD_PARAMETERS", "UNLOAD_PARAMETERS", "check_repository_parameters",
+           "decode_repository_options", "decode_request", "encode_response",
+           "parse_header_length", "serialize_bytes"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # JSON cannot carry raw bytes, so in JSON bodies these BYTES inputs hold base64 text. Binary
 # bodies (and gRPC) carry the raw bytes, which is why this is decided here and not in the model.
 BASE64_INPUTS: frozenset[str] = frozenset({"image", "audio"})  # "text" stays plain strings
 
+# Plain ASCII digits: int() alone would also take "+5", "1_0", " 5" and non-ASCII digits.
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+# Repository load/unload parameters this server understands (Triton's names). "config" and
+# "file:..." (a model sent in the request) are refused: models come from the repository only.
+LOAD_PARAMETERS: frozenset[str] = frozenset()
+UNLOAD_PARAMETERS = frozenset({"unload_dependents"})  # no ensembles here: nothing to unload
+
+
 def parse_header_length(value: str | None, body_size: int) -> int | None:
     """Validate the ``Inference-Header-Content-Length`` header against the body size."""
     if value is None:
         return None
-    try:
-        length = int(value.strip())
-    except ValueError:
-        raise InvalidInput(f"header {HEADER_LENGTH}: {value!r} is not an integer") from None
+    if not _DECIMAL.fullmatch(value.strip()):
+        raise InvalidInput(f"header {HEADER_LENGTH}: {short(value)} is not a non-negative "
+                           "decimal integer")
+    length = int(value.strip())
     if not 0 < length <= body_size:
         raise InvalidInput(f"header {HEADER_LENGTH}: {length} is outside the request body "
                            f"(body is {body_size} bytes)")
     return length
+
+
+def check_repository_parameters(names: Collection[str], allowed: frozenset[str],
+                                where: str) -> None:
+    """Refuse a repository request parameter this server does not implement, by name."""
+    unsupported = sorted(set(names) - allowed)
+    if unsupported:
+        accepted = ", ".join(sorted(allowed)) or "none"
+        raise InvalidInput(f"{where}: parameter {unsupported[0]!r} is not supported (accepted: "
+                           f"{accepted}); models are loaded only as their repository folder "
+                           "and config.json define them")
+
+
+def decode_repository_options(body: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+    """The JSON body of a repository index/load/unload request: empty, or an object whose
+    ``parameters`` (if any) are among ``allowed``."""
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"request body is not valid JSON ({short(exc)})") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body: expected a JSON object")
+    parameters = _object(doc.get("parameters"), "field 'parameters'")
+    check_repository_parameters(parameters, allowed, "field 'parameters'")
+    return doc
 
 
 def decode_request(body: bytes, header_length: int | None = None, *,

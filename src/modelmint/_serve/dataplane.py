@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +26,13 @@ from typing import Any, Literal
 import numpy as np
 
 from .._repository import ONNX_FILE, ModelConfig, ModelRepository, require_repo_dir
+from .._settings import DEFAULT_DECODE_MEMORY, DEFAULT_DECODE_THREADS
 from ..errors import DeadlineExceeded, InvalidInput, ModelNotReady, NotFound, RepositoryError
 from .batching import DynamicBatcher, request_timeout_s
-from .executors import ProcessExecutor, ThreadExecutor
-from .lifecycle import FAILED, READY, UNLOADED, Lifecycle, Servable
+from .decoding import DecodeBudget, decode_pool
+from .executors import Executor, ProcessExecutor, ThreadExecutor
+from .instances import GAVE_UP, InstancePool
+from .lifecycle import FAILED, READY, SERVING, UNLOADED, Lifecycle, Servable
 from .metrics import Metrics, observed
 from .model import DEFAULT_MAX_BATCH_SIZE, PLATFORM, LoadedModel
 from .types import InferRequest, InferResponse, Outputs
@@ -63,9 +66,10 @@ def parse_version(text: str | None, where: str) -> int | None:
 class DataPlane:
     """Serves the versions each model's policy selects and answers V2 requests.
 
-    ``isolation="process"`` (the server) runs every version's session in a worker process of
-    its own, loaded at idle priority (see :mod:`.worker`); ``"thread"`` (the in-process SDK,
-    and tests that need no update isolation) runs it on this process's thread pool.
+    ``isolation="process"`` (the server) runs every version's session in worker processes of
+    its own (``instances`` of them, supervised: see :mod:`.instances`), loaded at idle priority
+    (see :mod:`.worker`); ``"thread"`` (the in-process SDK, and tests that need no update
+    isolation) runs it on this process's thread pool.
     """
 
     def __init__(self, repo: str | Path | ModelRepository, *,
@@ -74,7 +78,9 @@ class DataPlane:
                  workers: int | None = None,
                  isolation: Literal["thread", "process"] = "thread",
                  arena: bool = True, jemalloc: bool = False,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 decode_memory: int = DEFAULT_DECODE_MEMORY,
+                 decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
         self.repo = repo if isinstance(repo, ModelRepository) else require_repo_dir(repo)
         self.metrics = metrics if metrics is not None else Metrics()  # /metrics and /stats
         self.only = None if models is None else set(models)
@@ -86,23 +92,43 @@ class DataPlane:
         # oversubscription, since every session already uses all cores for one request.
         self._executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 1),
                                             thread_name_prefix="modelmint-infer")
+        # Decoding has a pool and a memory budget of its own (see .decoding): N concurrent
+        # large images cannot multiply the memory, whatever the number of cores.
+        self.decode_budget = DecodeBudget(decode_memory)
+        self._decode_pool = decode_pool(decode_threads)
         self.lifecycle = Lifecycle(self.repo, self._build, self.only,
                                    lambda: getattr(self, "metrics", None))
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def _build(self, s: Servable) -> None:
-        s.model = LoadedModel(s.ref, self.max_batch_size)
+        s.model = LoadedModel(s.ref, self.max_batch_size, self.decode_budget)
+        # An in-process session cannot die apart from the server and already runs concurrent
+        # requests: more instances are for worker processes.
+        count = s.config.instances if self.isolation == "process" else 1
+        s.executor = InstancePool(
+            f"model {s.ref.model!r} version {s.version}", count,
+            lambda idle, on_exit: self._spawn(s, idle, on_exit), stateless=s.stateless,
+            on_state=lambda state, reason: self.lifecycle.instances_changed(s, state, reason))
+
+    def _spawn(self, s: Servable, idle: bool, on_exit: Callable[[str], None]) -> Executor:
+        """One executor for ``s``, its graph checked against the version's metadata."""
+        assert s.model is not None
         onnx = s.ref.path / ONNX_FILE
+        executor: Executor
         if self.isolation == "process":
-            what = f"model {s.ref.model!r} version {s.version}"
-            s.executor = ProcessExecutor(
-                onnx, s.model.slot_crop, what, outputs=s.model.output_names,
-                arena=self.arena, jemalloc=self.jemalloc,
-                on_exit=lambda reason: self.lifecycle.worker_died(s, reason))
+            executor = ProcessExecutor(
+                onnx, s.model.slot_crop, f"model {s.ref.model!r} version {s.version}",
+                outputs=s.model.output_names, arena=self.arena, jemalloc=self.jemalloc,
+                idle=idle, on_exit=on_exit)
         else:
-            s.executor = ThreadExecutor(onnx, self._executor, s.model.output_names)
-        s.model.check_io(*s.executor.io())
+            executor = ThreadExecutor(onnx, self._executor, s.model.output_names)
+        try:
+            s.model.check_io(*executor.io())
+        except BaseException:
+            executor.close()
+            raise
+        return executor
 
     def load(self) -> None:
         """Load what every model's version policy selects; a model that fails is logged and
@@ -138,6 +164,7 @@ class DataPlane:
     def close(self) -> None:
         self.lifecycle.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def models(self) -> dict[str, LoadedModel]:
@@ -156,8 +183,27 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Ready once startup loading has finished (broken models are skipped, not waited on)."""
-        return self._ready
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the server is not ready, or None. It is ready once startup loading has finished
+        and while every model it should serve has a READY version (Triton's strict
+        readiness): every model it has tried to load, or whose config.json it could not
+        read, unless the repository API unloaded it. No paths: probes need no credentials."""
+        if not self._ready:
+            return "the server is still loading models"
+        lifecycle = self.lifecycle
+        expected = {m for m, versions in list(lifecycle.versions.items())
+                    if any(s.state != UNLOADED for s in list(versions.values()))}
+        missing = []
+        for model in sorted((expected | set(lifecycle.errors)) - lifecycle.unloaded):
+            versions = dict(lifecycle.versions.get(model, {}))
+            if not any(s.state == READY for s in versions.values()):
+                states = ", ".join(f"version {v} is {s.state.lower()}"
+                                   for v, s in sorted(versions.items()) if s.state != UNLOADED)
+                missing.append(f"model {model!r} has no ready version "
+                               f"({states or 'its config.json is invalid'})")
+        return "; ".join(missing) if missing else None
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
@@ -169,12 +215,47 @@ class DataPlane:
         return meta
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
-        """True when served; False when known but not servable; NotFound when unknown."""
+        """True when READY; False when known but not ready; NotFound when unknown."""
+        return self.model_readiness(model, version)[0]
+
+    def model_readiness(self, model: str, version: int | None = None) -> tuple[bool, str]:
+        """(ready, why not, with the version's reason); NotFound when unknown."""
         try:
-            self.model(model, version)
-        except ModelNotReady:
-            return False
-        return True
+            s = self.servable(model, version)
+        except ModelNotReady as exc:
+            known = self._known(model, version)
+            if known is None or known.state == UNLOADED or not known.reason:
+                return False, exc.message
+            return False, self._not_ready(known, self._public(known.reason))
+        if s.state != READY:
+            return False, self._not_ready(s, self._public(s.reason))
+        return True, ""
+
+    def _public(self, reason: str) -> str:
+        """``reason`` with paths relative to the repository: the server's layout stays its
+        own."""
+        return reason.replace(f"{self.repo.root}/", "").replace(str(self.repo.root), ".")
+
+    @staticmethod
+    def _not_ready(s: Servable, reason: str = "") -> str:
+        """Why ``s`` takes no requests; its ``reason`` only where given (readiness answers
+        give it, inference errors leave it to the server log and the repository index)."""
+        if s.state == FAILED and s.reason.startswith(GAVE_UP):
+            why = reason or GAVE_UP  # the reason says it all
+        else:
+            why = "it failed to load" if s.state == FAILED else f"it is {s.state.lower()}"
+            why += f": {reason}" if reason else ""
+        if s.state == FAILED and not reason:
+            why += " (see the server log or the repository index)"
+        return f"model {s.ref.model!r} version {s.version} is not ready: {why}"
+
+    def _known(self, model: str, version: int | None) -> Servable | None:
+        """The version asked for (None: the latest) among all the lifecycle knows."""
+        # A copy (atomic under the GIL): the loader thread may be adding a version right now.
+        versions = dict(self.lifecycle.versions.get(model, {}))
+        if version is not None:
+            return versions.get(version)
+        return versions[max(versions)] if versions else None
 
     def model(self, model: str, version: int | None = None) -> LoadedModel:
         loaded = self.servable(model, version).model
@@ -187,14 +268,9 @@ class DataPlane:
             return served[max(served)]
         if served and version in served:
             return served[version]
-        # A copy (atomic under the GIL): the loader thread may be adding a version right now.
-        versions = dict(self.lifecycle.versions.get(model, {}))
-        known = versions.get(version) if version is not None else (
-            versions[max(versions)] if versions else None)
+        known = self._known(model, version)
         if known is not None and (not served or known.state != UNLOADED):
-            state = ("it failed to load (see the server log or the repository index)"
-                     if known.state == FAILED else f"it is {known.state.lower()}")
-            raise ModelNotReady(f"model {model!r} version {known.version} is not ready: {state}")
+            raise ModelNotReady(self._not_ready(known), retry_after=1.0)
         if served:
             serving = ", ".join(str(v) for v in served)
             plural = "s" if len(served) > 1 else ""
@@ -221,7 +297,7 @@ class DataPlane:
         try:
             assert s.model is not None
             loop = asyncio.get_running_loop()
-            batch = await loop.run_in_executor(self._executor, s.model.prepare, request)
+            batch = await loop.run_in_executor(self._decode_pool, s.model.prepare, request)
             batching = s.config.dynamic_batching
             timeout = request_timeout_s(request.parameters, batching)
             if timeout is not None:
@@ -234,8 +310,10 @@ class DataPlane:
                 timeout = left
             if batching is not None:
                 if s.batcher is None:
+                    assert s.executor is not None
+                    # One execution at a time per instance: each already uses every core.
                     s.batcher = DynamicBatcher(lambda b: self._run(s, b), batching,
-                                               f"{model}/{s.version}")
+                                               f"{model}/{s.version}", s.executor.size)
                     s.loop = loop
                 outputs, timings = await s.batcher.submit(batch, timeout)
             else:
@@ -256,7 +334,7 @@ class DataPlane:
             s.inflight += 1
             # The loader marks DRAINING before it waits for inflight == 0: if it got there
             # between the lookup and the increment, look again (the new version is served).
-            if s.state == READY:
+            if s.state in SERVING:  # RESTARTING: its requests wait for the restart
                 return s
             s.inflight -= 1
 

@@ -4,7 +4,8 @@ path, and tests), or a worker process of its own (the server; see :mod:`.worker`
 Both take the FP32 ``input`` batch and return a :class:`concurrent.futures.Future` of the
 outputs they were built for (the version's declared outputs: name -> array, batch axis first),
 so the sync SDK path (``.result()``) and the asyncio front end (``asyncio.wrap_future``) share
-one interface.
+one interface. A worker that dies fails its in-flight requests with :class:`WorkerGone` and
+tells its owner (``on_exit``): :mod:`.instances` retries them and restarts the worker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,19 @@ START_TIMEOUT_S = 120.0
 # finished by then is raised to normal priority, so an update still completes under overload.
 IDLE_GRACE_S = 10.0
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+class WorkerGone(ModelNotReady):
+    """The worker process died before answering: the request may run again elsewhere."""
+
+
+def settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Resolve ``future`` unless its caller already gave up on it (cancelled on a timeout)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def raise_priority(pid: int, policy: int = os.SCHED_OTHER) -> None:
@@ -97,14 +111,18 @@ class ProcessExecutor:
     """A worker process owning the session; batches travel through a shared-memory slot ring,
     and the outputs come back through the same slot when they fit (else through the pipe).
 
-    ``outputs`` are the output names every run returns. ``on_exit(reason)`` is called (from
-    the reader thread) if the worker dies on its own; its in-flight requests then fail with
-    :class:`ModelNotReady` (503/UNAVAILABLE).
+    ``outputs`` are the output names every run returns. ``idle`` starts the worker under
+    ``SCHED_IDLE`` (where the OS allows raising it again) so loading only uses idle CPU; a
+    worker that must serve as soon as possible (nothing else serves its version) starts at
+    normal priority. ``on_exit(reason)`` is called from the reader thread as soon as the
+    worker dies on its own (EOF on its socket), before its in-flight requests fail with
+    :class:`WorkerGone`, so the owner stops routing to it first.
     """
 
     def __init__(self, onnx: Path, crop: int, what: str, *,
                  outputs: Sequence[str] = (PROBABILITIES,), arena: bool = True,
-                 jemalloc: bool = False, on_exit: Callable[[str], None] | None = None) -> None:
+                 jemalloc: bool = False, idle: bool = True,
+                 on_exit: Callable[[str], None] | None = None) -> None:
         self.what = what
         self.outputs = list(outputs)
         self.on_exit = on_exit
@@ -126,11 +144,11 @@ class ProcessExecutor:
             env = dict(os.environ)
             if jemalloc and JEMALLOC.is_file():
                 env["LD_PRELOAD"] = str(JEMALLOC)
-            idle = "1" if can_raise_priority() else "0"
+            idle_flag = "1" if idle and can_raise_priority() else "0"
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(onnx),
                  self._shm_path, str(SLOTS), str(self.slot_bytes), str(os.cpu_count() or 1),
-                 "1" if arena else "0", idle, json.dumps(self.outputs)],
+                 "1" if arena else "0", idle_flag, json.dumps(self.outputs)],
                 # Its own session: a Ctrl-C or a signal to the server's process group is the
                 # server's to handle (it stops its workers); a worker whose server died exits
                 # on the socket's EOF.
@@ -150,7 +168,8 @@ class ProcessExecutor:
         self._reader.start()
         self._grace = threading.Timer(IDLE_GRACE_S, self._not_ready_in_time)
         self._grace.daemon = True
-        self._grace.start()
+        if idle_flag == "1":
+            self._grace.start()
 
     def _not_ready_in_time(self) -> None:
         log.warning("%s: not ready after %.0f s at idle priority (the CPU is saturated); "
@@ -178,7 +197,7 @@ class ProcessExecutor:
         future: Future[Outputs] = Future()
         with self._lock:
             if self.dead is not None:
-                raise ModelNotReady(f"{self.what}: {self.dead}")
+                raise WorkerGone(f"{self.what}: {self.dead}")
             request_id = self._next_id
             self._next_id += 1
             slot = (self._free.pop() if self._free and batch.nbytes <= self.slot_bytes
@@ -220,15 +239,14 @@ class ProcessExecutor:
                   else f"its worker process was killed by signal {-code}")
         with self._lock:
             self.dead = reason
-            pending, self._pending = self._pending, {}
-        for future, _ in pending.values():
-            future.set_exception(ModelNotReady(f"{self.what}: {reason} during this request"))
-        if not self._started.done():
-            self._started.set_exception(RepositoryError(f"{self.what}: {reason} while loading"))
-        if not self._promoted.done():
-            self._promoted.set_result(False)
         if not self._closing and self.on_exit is not None:
             self.on_exit(reason)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            settle(future, error=WorkerGone(f"{self.what}: {reason} during this request"))
+        settle(self._started, error=RepositoryError(f"{self.what}: {reason} while loading"))
+        settle(self._promoted, False)
 
     def _answer(self, message: tuple[Any, ...]) -> None:
         kind, request_id = message[0], message[1]
@@ -254,9 +272,9 @@ class ProcessExecutor:
             with self._lock:
                 self._free.append(slot)
         if result is None:
-            future.set_exception(error)
+            settle(future, error=error)
         else:
-            future.set_result(result)
+            settle(future, result)
 
     def _unlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -267,7 +285,9 @@ class ProcessExecutor:
         self._closing = True
         self._grace.cancel()
         # Drained: tearing down its session (freeing ~100 MB) only gets idle CPU, like loading.
-        raise_priority(self.proc.pid, os.SCHED_IDLE)
+        # Not once it has been reaped: its pid may already name another process.
+        if self.proc.returncode is None:
+            raise_priority(self.proc.pid, os.SCHED_IDLE)
         self._send(("stop",))
         try:
             self.proc.wait(5)

@@ -9,6 +9,13 @@ such as ``image`` carry raw bytes: base64 exists only because JSON cannot carry 
 
 The server runs on the caller's asyncio loop (uvicorn's, see :mod:`.server`), so one process
 and one event loop serve both protocols from one :class:`~.dataplane.DataPlane`.
+
+The access rules are HTTP's (:mod:`.auth`): the token travels in the ``authorization: Bearer``
+metadata, the repository RPCs need it whenever a token is configured, the others only with
+``require_token_for_inference``, and ServerLive/ServerReady/ModelReady never. Host and Origin
+are not checked here: a browser cannot speak gRPC, so neither DNS rebinding nor a cross-site
+form can reach this port. Requests arrive as bytes and are parsed here, so a message that is
+not valid protobuf is INVALID_ARGUMENT like any other malformed request.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
+from .._settings import DEFAULT_READ_TIMEOUT_S
 from ..errors import InvalidInput, MintError
+from .auth import TOKEN_SOURCE, AccessPolicy, RouteClass, without_paths
+from .codec import LOAD_PARAMETERS, UNLOAD_PARAMETERS, check_repository_parameters
 from .dataplane import DataPlane, parse_version
 from .proto import grpc_predict_v2_pb2 as pb
-from .proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from .tensors import (
     Where,
     check_count,
@@ -53,6 +63,25 @@ _CONTENTS: dict[str, str] = {
 }
 # Seconds in-flight RPCs get to finish once the server is told to stop.
 STOP_GRACE = 5.0
+SERVICE = "inference.GRPCInferenceService"
+# Every RPC this service answers: its request message and its access class.
+RPCS: dict[str, tuple[type[Message], RouteClass]] = {
+    "ServerLive": (pb.ServerLiveRequest, "health"),
+    "ServerReady": (pb.ServerReadyRequest, "health"),
+    "ModelReady": (pb.ModelReadyRequest, "health"),
+    "ServerMetadata": (pb.ServerMetadataRequest, "data"),
+    "ModelMetadata": (pb.ModelMetadataRequest, "data"),
+    "ModelInfer": (pb.ModelInferRequest, "data"),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, "management"),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, "management"),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, "management"),
+}
+NOT_READY_REASON = "reason"  # ModelReady's trailing metadata when ready is false
+# Server-side connection limits. Keepalive pings find dead peers; idle connections are closed;
+# a connection must finish its HTTP/2 handshake within the read timeout.
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+MAX_CONNECTION_IDLE_MS = 300_000
 
 
 # --- wire <-> data plane types -------------------------------------------------------------
@@ -140,21 +169,37 @@ def _tensor_metadata(specs: list[dict[str, Any]]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[["_Servicer", Req, Any], Awaitable[Resp]]
+RawHandler = Callable[["_Servicer", bytes, Any], Awaitable[Resp]]
 
 
-def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Map every exception to a status; only a bug may produce INTERNAL with no details."""
+def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
+    """Check access, parse the request bytes, and map every exception to a status; only a bug
+    may produce INTERNAL with no details."""
+    name = handler.__name__
+    request_type, route = RPCS[name]
 
     @functools.wraps(handler)
-    async def guarded(self: _Servicer, request: Req, context: Any) -> Resp:
+    async def guarded(self: _Servicer, raw: bytes, context: Any) -> Resp:
         try:
-            return await handler(self, request, context)
+            if self.policy.token_required(route) and not self.policy.authorized(
+                    dict(context.invocation_metadata()).get("authorization")):
+                code, message = grpc.StatusCode.UNAUTHENTICATED, (
+                    f"{name} needs the server's access token: send the metadata "
+                    f"'authorization: Bearer TOKEN' ({TOKEN_SOURCE})")
+            else:
+                try:
+                    request = request_type.FromString(raw)
+                except DecodeError:
+                    kind = request_type.DESCRIPTOR.full_name
+                    raise InvalidInput(f"the request is not a valid {kind} message") from None
+                return await handler(self, request, context)
         except MintError as exc:
             if exc.grpc_code == "INTERNAL":
-                log.error("gRPC %s: %s", handler.__name__, exc)
-            code, message = grpc.StatusCode[exc.grpc_code], exc.message
+                log.error("gRPC %s: %s", name, exc)
+            code = grpc.StatusCode[exc.grpc_code]
+            message = without_paths(exc.message, self.repository_roots)
         except Exception:
-            log.exception("unexpected error serving gRPC %s", handler.__name__)
+            log.exception("unexpected error serving gRPC %s", name)
             code, message = grpc.StatusCode.INTERNAL, "internal server error"
         await context.abort(code, message)  # raises: ends the RPC with that status
         raise AssertionError("context.abort returned")
@@ -162,11 +207,21 @@ def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return guarded
 
 
-class _Servicer:
-    """The six Open Inference Protocol RPCs; grpc finds them by name."""
+def _repository_name(name: str) -> None:
+    if name:
+        raise InvalidInput(f"field 'repository_name': {name!r}: this server has one repository; "
+                           "leave the field empty")
 
-    def __init__(self, dataplane: DataPlane) -> None:
+
+class _Servicer:
+    """The Open Inference Protocol RPCs and the repository extension; grpc finds them by
+    name (:func:`generic_handler`)."""
+
+    def __init__(self, dataplane: DataPlane, policy: AccessPolicy) -> None:
         self.dataplane = dataplane
+        self.policy = policy
+        root = dataplane.repo.root
+        self.repository_roots = (root, root.absolute(), root.resolve())
 
     @_guard
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any
@@ -183,7 +238,15 @@ class _Servicer:
                          ) -> pb.ModelReadyResponse:
         # Unknown model or version: NOT_FOUND, as KServe's server and our HTTP 404 do.
         version = parse_version(request.version, "in field 'version'")
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, version))
+        ready, why_not = self.dataplane.model_readiness(request.name, version)
+        if not ready:
+            # The response has no field for it and gRPC drops the message of an OK status (an
+            # error status would break clients that read ready=false): trailing metadata
+            # carries it, escaped to the printable ASCII that metadata values allow.
+            context.set_trailing_metadata(
+                ((NOT_READY_REASON, without_paths(why_not, self.repository_roots).encode(
+                    "unicode_escape").decode("ascii")),))
+        return pb.ModelReadyResponse(ready=ready)
 
     @_guard
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any
@@ -213,16 +276,61 @@ class _Servicer:
         result = await self.dataplane.infer(request.model_name, version, infer_request)
         return encode_response(result)
 
+    @_guard
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any
+                              ) -> pb.RepositoryIndexResponse:
+        _repository_name(request.repository_name)
+        entries = self.dataplane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
+            name=e.get("name", ""), version=e.get("version", ""), state=e.get("state", ""),
+            reason=without_paths(e.get("reason", ""), self.repository_roots))
+            for e in entries])
+
+    @_guard
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any
+                                  ) -> pb.RepositoryModelLoadResponse:
+        _repository_name(request.repository_name)
+        check_repository_parameters(request.parameters, LOAD_PARAMETERS, "field 'parameters'")
+        if not request.model_name:
+            raise InvalidInput("field 'model_name': missing")
+        # Loading takes seconds (worker start, warm-up): a thread, never the event loop.
+        await asyncio.to_thread(self.dataplane.repository_load, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_guard
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Any) -> pb.RepositoryModelUnloadResponse:
+        _repository_name(request.repository_name)
+        check_repository_parameters(request.parameters, UNLOAD_PARAMETERS,
+                                    "field 'parameters'")
+        if not request.model_name:
+            raise InvalidInput("field 'model_name': missing")
+        await asyncio.to_thread(self.dataplane.repository_unload, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def generic_handler(servicer: _Servicer) -> grpc.GenericRpcHandler:
+    """Every RPC of :data:`RPCS`, taking the request as bytes (parsed in :func:`_guard`: grpc's
+    own parsing answers a malformed message with INTERNAL)."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            response_serializer=lambda message: message.SerializeToString())
+        for name in RPCS})
+
 
 class GrpcServer:
     """The gRPC endpoint of a model server, started and stopped on the running event loop."""
 
     def __init__(self, dataplane: DataPlane, host: str, port: int,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, *, policy: AccessPolicy | None = None,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
         self.dataplane = dataplane
         self.host = host
         self.requested_port = port
         self.max_request_bytes = max_request_bytes
+        self.policy = policy or AccessPolicy()
+        self.read_timeout_s = read_timeout_s
         self.port: int | None = None  # the bound port, once started (port 0 picks one)
         self._server: Any = None
 
@@ -239,8 +347,13 @@ class GrpcServer:
             # gRPC sets SO_REUSEPORT by default: a second server would silently share a busy
             # port (and get half the connections) instead of failing to start.
             ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+            ("grpc.server_handshake_timeout_ms", max(1, round(self.read_timeout_s * 1000))),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(self.dataplane), server)
+        server.add_generic_rpc_handlers([generic_handler(_Servicer(self.dataplane,
+                                                                   self.policy))])
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as exc:  # grpc's only signal for a failed bind

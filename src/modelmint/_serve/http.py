@@ -6,14 +6,19 @@ Nothing here knows about models or tensors: requests are decoded by :mod:`.codec
 :mod:`.tfserving`), answered by :class:`.dataplane.DataPlane`, and every failure becomes
 ``{"error": "..."}`` (TF Serving's envelope too) with the status its
 :class:`~modelmint.errors.MintError` carries. Unexpected exceptions are logged with their
-traceback here and answered with a bare 500, so no internals leak to clients.
+traceback here and answered with a bare 500, so no internals leak to clients, and no message
+names the repository's absolute path.
+
+Who may call which route (Host allowlist, browser guards, access token) is
+:class:`.auth.AccessControl`'s job, in front of every route. A body that trickles in slower
+than ``read_timeout_s`` allows is answered 408 and the connection closed (the request head has
+its own deadline, see :mod:`.server`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import zlib
@@ -24,15 +29,25 @@ from pathlib import Path
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._repository import ModelRepository
-from .._settings import DEFAULT_MAX_REQUEST_BYTES
-from ..errors import InvalidInput, MintError, ModelNotReady, PayloadTooLarge, ServerBusy
+from .._settings import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_READ_TIMEOUT_S
+from ..errors import InvalidInput, MintError, ModelNotReady, PayloadTooLarge
 from . import tfserving
-from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
+from .auth import AccessControl, AccessPolicy, without_paths
+from .codec import (
+    HEADER_LENGTH,
+    LOAD_PARAMETERS,
+    UNLOAD_PARAMETERS,
+    decode_repository_options,
+    decode_request,
+    encode_response,
+    parse_header_length,
+)
 from .dataplane import DataPlane, parse_version
 
 log = logging.getLogger("modelmint._serve")
@@ -40,8 +55,20 @@ log = logging.getLogger("modelmint._serve")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class BodyTimeout(InvalidInput):
+    """The request body did not arrive within the server's read timeout."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 def error_response(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _client_text(request: Request, message: str) -> str:
+    """``message`` without the repository's absolute path (see :func:`.auth.without_paths`)."""
+    return without_paths(message, getattr(request.app.state, "repository_roots", ()))
 
 
 def _guard(endpoint: Endpoint) -> Endpoint:
@@ -54,10 +81,14 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         except MintError as exc:
             if exc.http_status >= 500:
                 log.error("%s %s: %s", request.method, request.url.path, exc)
-            response = error_response(exc.message, exc.http_status)
-            if isinstance(exc, ServerBusy):
-                # Whole seconds on the wire, never 0: "0" would invite a tight retry loop.
-                response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            response = error_response(_client_text(request, exc.message), exc.http_status)
+            if isinstance(exc, BodyTimeout):  # the rest of the body is not worth waiting for
+                response.headers["Connection"] = "close"
+            if exc.http_status == 503:
+                # Every 503 says when to come back (1 s where the error has no estimate):
+                # whole seconds on the wire, never 0: "0" would invite a tight retry loop.
+                retry_after = getattr(exc, "retry_after", None) or 1.0
+                response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
             return response
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is left to read it
@@ -72,8 +103,11 @@ def _version(request: Request) -> int | None:
     return parse_version(request.path_params.get("version"), "in the URL path")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before buffering them all."""
+async def read_body(request: Request, limit: int,
+                    timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before buffering them all, and a
+    body that takes longer than ``timeout_s`` to arrive (a slow client holds a connection and
+    a buffer for as long as it likes otherwise)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -86,11 +120,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     # Chunked bodies have no Content-Length: count while streaming.
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body exceeds this server's limit of {limit} bytes")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as deadline:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body exceeds this server's limit of {limit} "
+                                      "bytes")
+            chunks.append(chunk)
+    if deadline.cancelled_caught:
+        raise BodyTimeout(f"request body not received within {timeout_s:g} s ({total} bytes "
+                          "arrived)")
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     return body if encoding == "identity" else _decompress(body, encoding, limit)
@@ -117,17 +156,23 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 class _Handlers:
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int,
+                 read_timeout_s: float) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
+        self.read_timeout_s = read_timeout_s
+
+    async def body(self, request: Request) -> bytes:
+        return await read_body(request, self.max_request_bytes, self.read_timeout_s)
 
     async def live(self, request: Request) -> Response:
         return Response(status_code=200 if self.dataplane.live() else 400)
 
     async def ready(self, request: Request) -> Response:
         # Triton answers "not ready" with 400; probes and tritonclient only test for 200.
-        if not self.dataplane.ready():
-            return error_response("the server is still loading models", 400)
+        problem = self.dataplane.not_ready_reason()  # strict: every model it should serve
+        if problem is not None:
+            return error_response(problem, 400)
         return Response(status_code=200)
 
     async def server_metadata(self, request: Request) -> Response:
@@ -140,15 +185,16 @@ class _Handlers:
     async def model_ready(self, request: Request) -> Response:
         model = request.path_params["model"]
         version = _version(request)
-        if self.dataplane.model_ready(model, version):  # unknown model/version: 404
+        ready, why_not = self.dataplane.model_readiness(model, version)  # unknown: 404
+        if ready:
             return Response(status_code=200)
-        return error_response(f"model {model!r} is not ready (see the server log)", 400)
+        return error_response(_client_text(request, why_not), 400)
 
     async def infer(self, request: Request) -> Response:
         model = request.path_params["model"]
         version = _version(request)
         self.dataplane.model(model, version)  # 404/503 before reading a large body
-        body = await read_body(request, self.max_request_bytes)
+        body = await self.body(request)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         # JSON decoding of a 16 MiB body takes a while: keep it off the event loop.
         infer_request = await anyio.to_thread.run_sync(decode_request, body, header_length)
@@ -167,7 +213,7 @@ class _Handlers:
         version = _version(request)
         # 404/503 before reading a large body; the signature maps unnamed values to inputs.
         signature = self.dataplane.model_metadata(model, version)["inputs"]
-        body = await read_body(request, self.max_request_bytes)
+        body = await self.body(request)
         infer_request, rows = await anyio.to_thread.run_sync(tfserving.decode_predict, body,
                                                              signature)
         result = await self.dataplane.infer(model, version, infer_request)
@@ -186,23 +232,25 @@ class _Handlers:
     # --- the model repository extension: index, explicit load and unload -------------------
 
     async def repository_index(self, request: Request) -> Response:
-        body = await read_body(request, self.max_request_bytes)
-        try:
-            options = json.loads(body) if body.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"request body is not valid JSON ({exc})") from None
-        ready = options.get("ready", False) if isinstance(options, dict) else None
+        options = decode_repository_options(await self.body(request), frozenset())
+        ready = options.get("ready", False)
         if not isinstance(ready, bool):
-            raise InvalidInput("request body: expected {\"ready\": true|false} or nothing")
-        return JSONResponse(self.dataplane.repository_index(ready))
+            raise InvalidInput("field 'ready': expected true or false")
+        index = self.dataplane.repository_index(ready)
+        for entry in index:
+            if "reason" in entry:
+                entry["reason"] = _client_text(request, entry["reason"])
+        return JSONResponse(index)
 
     async def repository_load(self, request: Request) -> Response:
+        decode_repository_options(await self.body(request), LOAD_PARAMETERS)
         # Loading takes seconds (worker start, warm-up): a thread, never the event loop.
         await anyio.to_thread.run_sync(self.dataplane.repository_load,
                                        request.path_params["model"])
         return JSONResponse({})
 
     async def repository_unload(self, request: Request) -> Response:
+        decode_repository_options(await self.body(request), UNLOAD_PARAMETERS)
         await anyio.to_thread.run_sync(self.dataplane.repository_unload,
                                        request.path_params["model"])
         return JSONResponse({})
@@ -226,13 +274,17 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(repo: str | Path | ModelRepository | DataPlane,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Starlette:
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, *,
+               policy: AccessPolicy | None = None,
+               read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Starlette:
     """The V2 HTTP app. Models load in the lifespan, so the socket is only served (and
     ``/v2/health/ready`` only answers 200) once they are loaded. A DataPlane passed in stays
-    owned by the caller; one built here from a repository path is closed on shutdown."""
+    owned by the caller; one built here from a repository path is closed on shutdown.
+
+    ``policy`` says who may call what (default: a loopback server without a token)."""
     owned = not isinstance(repo, DataPlane)
     dataplane = repo if isinstance(repo, DataPlane) else DataPlane(repo)
-    h = _Handlers(dataplane, max_request_bytes)
+    h = _Handlers(dataplane, max_request_bytes, read_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -270,6 +322,9 @@ def create_app(repo: str | Path | ModelRepository | DataPlane,
               methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(AccessControl, policy=policy or AccessPolicy())],
                     exception_handlers={HTTPException: _http_exception})
     app.state.dataplane = dataplane
+    root = dataplane.repo.root
+    app.state.repository_roots = (root, root.absolute(), root.resolve())
     return app

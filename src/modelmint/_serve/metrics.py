@@ -176,7 +176,7 @@ class Metrics:
         with self._lock:
             keys = sorted((k for k in self._windows
                            if k[0] == model and version in (None, k[1])),
-                          key=lambda k: int(k[1]) if k[1].isdigit() else -1)
+                          key=lambda k: int(k[1]) if k[1].isascii() and k[1].isdigit() else -1)
             snapshot = []
             for key in keys:
                 window = self._windows[key]

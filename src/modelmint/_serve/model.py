@@ -15,9 +15,16 @@ from typing import Any
 import numpy as np
 
 from .._data.audio import AudioSpec, preprocess_audio_batch
-from .._data.preprocess import ImageSpec, preprocess_batch
+from .._data.preprocess import ImageSpec, MemoryBudget, preprocess_batch
 from .._data.text import TextEncoder, TextSpec, decode_texts
-from .._repository import ONNX_FILE, WARMUP_DIR, ModelMetadata, TensorSpec, VersionRef
+from .._repository import (
+    ONNX_FILE,
+    WARMUP_DIR,
+    ModelMetadata,
+    TensorSpec,
+    VersionRef,
+    check_external_data,
+)
 from .._repository.metadata import input_shape
 from .._tensor_names import PROBABILITIES, TENSOR_INPUT
 from ..errors import InvalidInput, MintError, RepositoryError
@@ -51,14 +58,17 @@ class LoadedModel:
     """One version's metadata and request semantics (validation, preprocessing, outputs);
     the ONNX session itself runs in an executor (see :mod:`.executors`)."""
 
-    def __init__(self, ref: VersionRef, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+    def __init__(self, ref: VersionRef, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 decode_budget: MemoryBudget | None = None) -> None:
         self.ref = ref
         self.name = ref.model
         self.version = ref.version
         self.metadata: ModelMetadata = ref.metadata()
+        check_external_data(ref.path / ONNX_FILE)  # before any runtime opens the graph
         self.labels = list(self.metadata.labels)
         self.spec = self.metadata.preprocessing
         self.max_batch_size = max_batch_size
+        self.decode_budget = decode_budget  # shared by the server's decodes; None: no limit
         inputs, outputs = self.metadata.signature
         # The BYTES input beside ``input`` ("image", "audio", "text"), if the version has one.
         self.raw_input = next((t.name for t in inputs if t.datatype == BYTES), None)
@@ -230,9 +240,9 @@ class LoadedModel:
                                    f"{type(item).__name__}")
             blobs.append(item)
         if isinstance(self.spec, AudioSpec):
-            return preprocess_audio_batch(blobs, self.spec, name=name)
+            return preprocess_audio_batch(blobs, self.spec, name=name, budget=self.decode_budget)
         assert isinstance(self.spec, ImageSpec)
-        return preprocess_batch(blobs, self.spec, name=name)
+        return preprocess_batch(blobs, self.spec, name=name, budget=self.decode_budget)
 
     def _requested(self, requested: list[RequestedOutput]) -> list[RequestedOutput]:
         """The outputs to return (none asked: every declared one), validated."""

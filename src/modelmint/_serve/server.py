@@ -1,5 +1,9 @@
 """``run_server``: load the repository, bind, serve V2 over HTTP (uvicorn) and gRPC (grpc.aio)
-from one process and one event loop, stop both cleanly on SIGINT/SIGTERM."""
+from one process and one event loop, stop both cleanly on SIGINT/SIGTERM.
+
+Who may call what is decided before anything is loaded (:func:`.auth.access_policy`): a server
+bound off loopback without a token refuses to start.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,37 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .._settings import (
+    DEFAULT_DECODE_MEMORY,
+    DEFAULT_DECODE_THREADS,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_METRICS_PORT,
+    DEFAULT_READ_TIMEOUT_S,
 )
 from ..errors import MintError
+from .auth import AccessPolicy, access_policy
 from .dataplane import DataPlane
 from .grpc import GrpcServer
 from .http import create_app
 from .metrics import MetricsServer
 
 log = logging.getLogger("modelmint._serve")
+
+# Idle keep-alive connections close after this many seconds (uvicorn's default, made explicit).
+KEEP_ALIVE_S = 5
 
 
 class ModelServer(uvicorn.Server):
@@ -101,11 +116,60 @@ def _configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
+def head_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request head (request line and
+    headers) has not arrived ``timeout_s`` after the connection opened or the previous response
+    ended. uvicorn bounds the idle wait between requests only: without this a client that
+    sends one header byte at a time holds its connection forever."""
+
+    class HeadDeadlineProtocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the head is complete
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expire(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadlineProtocol
+
+
 def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = DEFAULT_HTTP_PORT,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                log_level: str = "warning", grpc_port: int | None = DEFAULT_GRPC_PORT,
                metrics_port: int | None = DEFAULT_METRICS_PORT, poll_interval_s: float = 0.0,
-               isolation: Literal["thread", "process"] = "process") -> None:
+               isolation: Literal["thread", "process"] = "process", *,
+               token_file: Path | None = None, require_token_for_inference: bool = False,
+               insecure_no_token: bool = False, allowed_hosts: Sequence[str] = (),
+               read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+               decode_memory: int = DEFAULT_DECODE_MEMORY,
+               decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
     """Serve every model in ``repo`` until SIGINT/SIGTERM, then return normally.
 
     Every version runs in a worker process of its own (``isolation``, see :mod:`.worker`);
@@ -114,14 +178,29 @@ def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = DEFAU
 
     HTTP and (unless ``grpc_port`` is None) gRPC share one data plane; Prometheus metrics are
     on ``metrics_port`` unless it is None; port 0 picks a free one.
+
+    The access token, Host allowlist and read timeout are described in :mod:`.auth` and
+    docs/security.md; a bind off loopback without ``token_file`` raises MintError unless
+    ``insecure_no_token``.
     """
     _configure_logging(log_level)
-    dataplane = DataPlane(repo, isolation=isolation)
+    policy, created = access_policy(
+        host, token_file, require_token_for_inference=require_token_for_inference,
+        allowed_hosts=allowed_hosts, insecure_no_token=insecure_no_token)
+    if created:  # shown once; afterwards it is only in the 0600 file
+        print(f"access token (also in {token_file}): {policy.token}", file=sys.stderr,
+              flush=True)
+    if policy.token is None and insecure_no_token:
+        log.warning("serving on %s without an access token: anyone who can reach it may load "
+                    "and unload models", host)
+    dataplane = DataPlane(repo, isolation=isolation, decode_memory=decode_memory,
+                          decode_threads=decode_threads)
     try:
         dataplane.load()  # before binding: a port that answers is a server that is ready
         dataplane.start_polling(poll_interval_s)
         server, sock = build_server(dataplane, host, http_port, grpc_port, max_request_bytes,
-                                    log_level, metrics_port)
+                                    log_level, metrics_port, policy=policy,
+                                    read_timeout_s=read_timeout_s)
         try:
             with _StopOnSignals(server):
                 server.run(sockets=[sock])
@@ -134,20 +213,26 @@ def run_server(repo: str | Path, host: str = "127.0.0.1", http_port: int = DEFAU
 def build_server(dataplane: DataPlane, host: str = "127.0.0.1",
                  http_port: int = DEFAULT_HTTP_PORT, grpc_port: int | None = DEFAULT_GRPC_PORT,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 log_level: str = "warning", metrics_port: int | None = None,
+                 log_level: str = "warning", metrics_port: int | None = None, *,
+                 policy: AccessPolicy | None = None,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
                  ) -> tuple[ModelServer, socket.socket]:
     """The server and its bound HTTP socket; ``server.run(sockets=[sock])`` serves both
     protocols and the metrics (the gRPC and metrics ports are bound when they start). The
-    caller closes the socket."""
+    caller closes the socket. ``policy`` (default: loopback, no token) applies to HTTP and
+    gRPC alike; the metrics port is always open."""
+    policy = policy or AccessPolicy()
     sock = bind_socket(host, http_port)
     port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     grpc = (None if grpc_port is None
-            else GrpcServer(dataplane, host, grpc_port, max_request_bytes))
-    app = create_app(dataplane, max_request_bytes)
+            else GrpcServer(dataplane, host, grpc_port, max_request_bytes, policy=policy,
+                            read_timeout_s=read_timeout_s))
+    app = create_app(dataplane, max_request_bytes, policy=policy, read_timeout_s=read_timeout_s)
     # asyncio's own loop even if uvloop is installed: grpc.aio is built for asyncio's loop.
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", loop="asyncio",
-                            timeout_graceful_shutdown=10)
+                            http=head_deadline_protocol(read_timeout_s),
+                            timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=10)
     metrics = (None if metrics_port is None
                else MetricsServer(dataplane.metrics, host, metrics_port))
     return ModelServer(config, url, len(dataplane.models), grpc, metrics), sock

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -59,6 +60,8 @@ from .types import (
     element_count,
     numpy_dtype,
 )
+
+TOKEN_VARIABLE = "MODELMINT_TOKEN"  # the server's token, for clients that need one
 
 __all__ = ["Classification", "V2Client", "bytes_request", "classifications", "decode_response",
            "encode_request", "encoded_input", "output_array", "request_json", "tensor_request",
@@ -268,18 +271,23 @@ def encoded_input(metadata: dict[str, Any]) -> str | None:
 class V2Client:
     """Synchronous V2 over HTTP (httpx). Server errors raise the :mod:`~modelmint.errors` class
     of their status with the server's message; an unreachable server raises :class:`MintError`,
-    one that does not answer within ``timeout`` seconds :class:`DeadlineExceeded`."""
+    one that does not answer within ``timeout`` seconds :class:`DeadlineExceeded`.
+    ``token`` (default: the ``MODELMINT_TOKEN`` environment variable) goes with every request as
+    ``Authorization: Bearer``, for a server that requires it (``mint serve --token-file``)."""
 
-    def __init__(self, url: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 120.0, token: str | None = None) -> None:
         base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-        self.http = httpx.Client(base_url=base, timeout=timeout)
+        token = token or os.environ.get(TOKEN_VARIABLE) or None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base, timeout=timeout, headers=headers)
 
     def infer(self, model: str, request: InferRequest, *, version: int | None = None,
               binary: bool = False) -> InferResponse:
         body, headers = encode_request(request, binary=binary)
         reply = self._send("POST", self._path(model, version) + "/infer", body, headers)
         length = reply.headers.get(HEADER_LENGTH, "")
-        return decode_response(reply.content, int(length) if length.isdigit() else None)
+        known = length.isascii() and length.isdigit()
+        return decode_response(reply.content, int(length) if known else None)
 
     def model_metadata(self, model: str, version: int | None = None) -> dict[str, Any]:
         """``GET /v2/models/{model}[/versions/{v}]``: name, versions, inputs, outputs."""
@@ -327,5 +335,6 @@ class V2Client:
                       else f"HTTP {reply.status_code}: {reply.text[:200]}")
         retry_after = reply.headers.get("retry-after")
         if reply.status_code == ServerBusy.http_status and retry_after is not None:
-            raise ServerBusy(message, float(retry_after) if retry_after.isdigit() else 1.0)
+            seconds = retry_after.isascii() and retry_after.isdigit()
+            raise ServerBusy(message, float(retry_after) if seconds else 1.0)
         raise _ERRORS.get(reply.status_code, MintError)(message)

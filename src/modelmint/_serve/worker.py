@@ -47,12 +47,17 @@ from .types import ONNX_DATATYPES, GraphTensors
 ALIGN = 8
 
 # Run by ``python -c``: the policy is lowered before the first import, so even importing
-# NumPy and onnxruntime happens at idle priority. argv: fd, onnx, shm path, slots, slot bytes,
-# threads, arena (0/1), idle (0/1), output names (a JSON list).
+# NumPy and onnxruntime happens at idle priority. The package is registered without running
+# its ``__init__``: the public API there imports the repository, data and training code, which
+# doubled a worker's start (and so the time a crashed worker's version waits for its restart).
+# argv: fd, onnx, shm path, slots, slot bytes, threads, arena (0/1), idle (0/1), output names
+# (a JSON list).
 BOOTSTRAP = (
     "import os, sys\n"
     "if sys.argv[8] == '1':\n"
     "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "from importlib.util import find_spec, module_from_spec\n"
+    "sys.modules['modelmint'] = module_from_spec(find_spec('modelmint'))\n"
     "from modelmint._serve.worker import main\n"
     "main(sys.argv[1:])\n"
 )

@@ -61,13 +61,24 @@ def detect_task(path: str | Path) -> Task:
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such data folder or file")
-    scored = [(task.detect(root), task.name, task)
-              for task in (get_task(name) for name in task_names())]
+    scored = [(task.detect(root), task.name, task) for task in _installed()]
     best = max(scored, key=lambda s: (s[0], s[1]))
     if best[0] <= 0:
         expected = "; ".join(f"{task.name}: {task.describe}" for _, _, task in scored)
         raise DataError(f"{root}: found no data of a known task. Expected one of: {expected}")
     return best[2]
+
+
+def _installed() -> list[Task]:
+    """Every task whose module imports here (a task missing an optional library is left out
+    of detection; asking for it by name says what is missing)."""
+    found = []
+    for name in task_names():
+        try:
+            found.append(get_task(name))
+        except DataError:
+            continue
+    return found
 
 
 def load_task_data(path: str | Path, options: LoadOptions | None = None,

@@ -20,6 +20,7 @@ from torch import nn
 
 from .._data.preprocess import ImageSpec, to_tensor
 from .._profile.frozen import ENGINE_ORT, OnnxFrozenPrefix
+from . import tensorfile
 
 VIEWS = {
     "center": lambda im: im,
@@ -39,13 +40,15 @@ class ActivationCache:
     views: list[str]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.__dict__, tmp)
-        tmp.replace(path)
+        tensors = {k: v for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+        meta = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
+        tensorfile.save(path, tensors, meta)
 
     @classmethod
     def load(cls, path: Path) -> ActivationCache:
-        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+        t, meta = tensorfile.load(path)
+        return cls(t["train_x"], t["train_y"], t["val_x"], t["val_y"], list(meta["train_files"]),
+                   list(meta["val_files"]), list(meta["views"]))
 
 
 def run_prefix(prefix: nn.Module, crops: list[Image.Image], spec: ImageSpec,

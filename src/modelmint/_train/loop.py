@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from .._profile.trace import StepTracer
+from . import tensorfile
 from .backbone import Classifier
 from .cache import ActivationCache
+from .tensorfile import flatten_state, unflatten_state
 
 CHECKPOINT = "checkpoint.pt"
 # Head epochs take milliseconds and a checkpoint ~0.1 s: checkpoint those at most this often.
@@ -85,27 +87,29 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self) -> None:
-        payload = {
-            "state": asdict(self.state), "model": self.model.state_dict(), "best": self.best,
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-        }
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.run_dir / CHECKPOINT)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"best.{k}": v for k, v in self.best.items()})
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        optimizer: Any = None
+        if self.optimizer is not None:
+            opt_tensors, optimizer = flatten_state("optimizer", self.optimizer.state_dict())
+            tensors.update(opt_tensors)
+        tensorfile.save(self.run_dir / CHECKPOINT, tensors,
+                        {"state": asdict(self.state), "optimizer": optimizer})
         self._last_save = time.monotonic()
 
     def restore(self) -> None:
-        payload = torch.load(self.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        self.state = LoopState(**payload["state"])
-        self.model.load_state_dict(payload["model"])
-        self.best = payload["best"]
-        self.generator.set_state(payload["generator"])
-        torch.set_rng_state(payload["torch_rng"])
+        tensors, meta = tensorfile.load(self.run_dir / CHECKPOINT)
+        self.state = LoopState(**meta["state"])
+        self.model.load_state_dict(_prefixed(tensors, "model."))
+        self.best = _prefixed(tensors, "best.")
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
         if self.state.stage != "done":
             self.optimizer = self._make_optimizer(self.state.stage)
-            if payload["optimizer"] is not None:
-                self.optimizer.load_state_dict(payload["optimizer"])
+            if meta["optimizer"] is not None:
+                self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
 
     # -- stages ----------------------------------------------------------------------------
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -266,3 +270,7 @@ class Trainer:
             self.save()
         left = None if self.deadline is None else self.deadline - time.monotonic()
         self.reporter.epoch(record, left)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

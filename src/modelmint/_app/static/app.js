@@ -130,7 +130,7 @@ async function dataPage() {
     $("#project-name").textContent = p.name;
   });
   $("#delete-project").addEventListener("click", async () => {
-    if (!confirm("Delete this project, its data and its jobs? This cannot be undone.")) return;
+    if (!confirm("Delete this project with its data, jobs, models and deployment? This cannot be undone.")) return;
     await api("DELETE", `/api/projects/${projectId}`);
     location.href = "/";
   });

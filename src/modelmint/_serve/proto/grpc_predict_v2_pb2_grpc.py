@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from modelmint._serve.proto import grpc_predict_v2_pb2 as modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2
+from modelmint._serve.proto import grpc_predict_v2_pb2 as modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.75.1'
 GRPC_VERSION = grpc.__version__
@@ -36,33 +36,48 @@ class GRPCInferenceServiceStub(object):
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+                _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
 
 
@@ -111,38 +126,74 @@ class GRPCInferenceServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Model repository extension: every model and version the repository holds, with its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Model repository extension: (re)load a model as its version policy says.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Model repository extension: stop serving a model until it is loaded again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.FromString,
-                    response_serializer=modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -170,8 +221,8 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -197,8 +248,8 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -224,8 +275,8 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +302,8 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +329,8 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +356,89 @@ class GRPCInferenceService(object):
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
-            modelmint_dot_serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            modelmint_dot___serve_dot_proto_dot_grpc__predict__v2__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

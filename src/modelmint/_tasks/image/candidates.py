@@ -22,6 +22,7 @@ import optuna
 import torch
 from PIL import Image
 from rich.console import Console
+from safetensors import SafetensorError
 from torch import nn
 
 from ..._data.dataset import TaskData
@@ -106,10 +107,9 @@ class _TrialReporter:
 
     def __init__(self, trial: Trial | None, log: Path) -> None:
         self.trial, self.log = trial, log
-        self.stage_name = ""
 
     def stage(self, name: str, total_epochs: int) -> None:
-        self.stage_name = name
+        pass  # epochs say their stage
 
     def epoch(self, record: dict[str, Any], seconds_left: float | None) -> None:
         with self.log.open("a") as fh:
@@ -214,7 +214,12 @@ class ImageCandidate:
                           _TrialReporter(trial if self.kind == "finetune" else None,
                                          workdir / LOG_FILE))
         if (workdir / CHECKPOINT).exists():  # a retried trial continues where it stopped
-            trainer.restore()
+            try:
+                trainer.restore()
+            except (SafetensorError, KeyError, TypeError):  # another release's: start afresh
+                trainer = Trainer(model, cache, hyper, workdir, seed, None, until,
+                                  _TrialReporter(trial if self.kind == "finetune" else None,
+                                                 workdir / LOG_FILE))
         # The step trace is always on (trials/NNN/profile/); --profile adds the deep window.
         profile = bool(data.extra.get("profile"))
         trainer.tracer = tracer_for_run(workdir, profile)
