@@ -89,7 +89,10 @@ def test_a_recorded_pid_of_another_process_is_left_alone(tmp_path: Path) -> None
         started = process_start_time(other.pid)
         assert started is not None
         argv = ["sleep", "120"]
-        assert ChildRecord(other.pid, started, argv).is_running()
+        deadline = time.monotonic() + 10  # until the child has exec'd: its argv is sleep's
+        while not ChildRecord(other.pid, started, argv).is_running():
+            assert time.monotonic() < deadline, "the child never showed sleep's command line"
+            time.sleep(0.02)
         assert not ChildRecord(other.pid, started + 1, argv).is_running()  # pid reused
         assert not ChildRecord(other.pid, started, ["sleep", "60"]).is_running()
         # A record whose pid the kernel has since given to `sleep`: not that server any more.

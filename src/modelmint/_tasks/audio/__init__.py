@@ -11,12 +11,12 @@ from ..._data.audio import TASK as NAME
 from ..._data.dataset import TaskData
 from ..classification import classification_task, count_files, with_reject_class
 from ..contract import Candidate, LoadOptions
-from .candidates import audio_candidates
-from .segments import SegmentMLPCandidate, segment_candidates
 
 
 def _fixed_plan(epochs: int) -> tuple[str, dict[str, Any]]:
     """``--epochs N``: the segment MLP with its default parameters, for N epochs."""
+    from .segments import SegmentMLPCandidate
+
     mlp = SegmentMLPCandidate()
     return mlp.name, {**mlp.first_trial(), "mlp.epochs": epochs}
 
@@ -29,6 +29,10 @@ def _load(path: Path, options: LoadOptions) -> TaskData:
 
 
 def _candidates() -> list[Candidate]:
+    # torch and scikit-learn load here, when training, not when detecting the task.
+    from .candidates import audio_candidates
+    from .segments import segment_candidates
+
     return [*audio_candidates(), *segment_candidates()]
 
 

@@ -12,16 +12,18 @@ from ..._data.dataset import TaskData
 from ..._data.images import IMAGE_SUFFIXES, load_image_data
 from ..classification import classification_task, count_files, with_reject_class
 from ..contract import Candidate, LoadOptions
-from .backbones import IMAGE_BACKBONES
-from .candidates import TASK as NAME
-from .candidates import image_candidates
 
 # ``--epochs N``: MobileNetV2, linear head first, then every tail block fine-tuned for N epochs
 # at a low rate on both views (centre crop and its mirror), at 224 pixels.
 FIXED_BACKBONE = "mobilenet_v2"
+NAME = "image-classification"
+# Importing the candidates costs torch and torchvision (seconds): only training pays it, not
+# detecting which task a folder holds.
 
 
 def _fixed_plan(epochs: int) -> tuple[str, dict[str, Any]]:
+    from .backbones import IMAGE_BACKBONES
+
     p = f"{FIXED_BACKBONE}."
     return f"{FIXED_BACKBONE}/finetune", {
         p + "finetune_lr": 3e-5, p + "batch_size": 32, p + "epochs": epochs,
@@ -44,6 +46,8 @@ def _auto_tune(data: TaskData, run_dir: Path, console: Console, deadline: float)
 
 
 def _candidates() -> list[Candidate]:
+    from .candidates import image_candidates
+
     return list(image_candidates())
 
 

@@ -36,7 +36,7 @@ from ..._train.loop import CHECKPOINT, Hyper, LoopState, Trainer
 from ..contract import Trial
 from .backbones import IMAGE_BACKBONES, ImageBackbone
 
-TASK = "image-classification"
+TASK = "image-classification"  # the name the task module registers
 VIEWS = ["center", "hflip"]
 LOG_FILE = "log.jsonl"  # one JSON line per epoch
 # Seconds per training image per fine-tuning epoch on 2 CPU cores (measured, tail of 5 blocks).

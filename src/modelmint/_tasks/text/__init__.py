@@ -10,7 +10,6 @@ from ..._data.text import TASK as NAME
 from ..._data.text import load_text_data
 from ..classification import classification_task
 from ..contract import Candidate, LoadOptions
-from .candidates import text_candidates
 
 TEXT_SUFFIXES = (".tsv", ".csv")
 
@@ -27,6 +26,9 @@ def _load(path: Path, options: LoadOptions) -> TaskData:
 
 
 def _candidates() -> list[Candidate]:
+    # torch, scikit-learn and MiniLM load here, when training, not when detecting the task.
+    from .candidates import text_candidates
+
     return list(text_candidates())
 
 
