@@ -77,7 +77,15 @@ class JobManager:
                 elif (record is None and job.pid is not None
                       and _is_our_trainer(job.pid, self.job_dir(job.id))):
                     stop(job.pid, signal.SIGINT)  # started before trainers were recorded
-                job.status, job.pid, job.finished = "interrupted", None, utcnow()
+                job.pid, job.finished = None, utcnow()
+                result = _last_json(self.job_dir(job.id) / "stdout.log")
+                if result is not None and result.get("version") is not None:
+                    # It finished (and published) after the app that watched it had died.
+                    job.status, job.error = "succeeded", None
+                    job.version = int(result["version"])
+                    job.val_accuracy = result.get("val_accuracy")
+                    continue
+                job.status = "interrupted"
                 job.error = "the app stopped while this job was running; resume it"
 
     def shutdown(self) -> None:
