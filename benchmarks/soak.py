@@ -87,7 +87,17 @@ def process_facts(pid: int) -> dict[str, float]:
 
 
 def workers_of(pid: int) -> list[int]:
-    return sorted(own_tree(pid) - {pid})
+    """The server's model workers (started with ``python -c`` and worker.py's bootstrap), not
+    other helper processes it may have."""
+    found = []
+    for child in sorted(own_tree(pid) - {pid}):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-c" in argv and any(b"sched_setscheduler" in a for a in argv):
+            found.append(child)
+    return found
 
 
 def soak(url: str, grpc_address: str, server_pid: int, rate: float, args: argparse.Namespace,
