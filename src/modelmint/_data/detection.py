@@ -55,7 +55,8 @@ class Letterbox:
         offset = np.asarray([self.left, self.top, self.left, self.top], np.float32)
         out = (np.asarray(boxes, np.float32) - offset) / np.float32(self.scale)
         limit = np.asarray([self.width, self.height, self.width, self.height], np.float32)
-        return np.clip(out, 0.0, limit).astype(np.float32)
+        clipped: np.ndarray = np.clip(out, 0.0, limit).astype(np.float32)
+        return clipped
 
     def to_tensor(self, boxes: np.ndarray) -> np.ndarray:
         """Boxes in the original image's pixels → boxes in tensor pixels."""

@@ -27,9 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from .._data.audio import AudioSpec
+from .._data.detection import LetterboxSpec
 from .._data.preprocess import ImageSpec
 from .._data.text import TextSpec
-from .._tensor_names import PROBABILITIES, RAW_INPUTS, TENSOR_INPUT
+from .._tensor_names import (
+    BOXES,
+    CLASSES,
+    COUNT,
+    DENSE_BOXES,
+    DENSE_SCORES,
+    PROBABILITIES,
+    RAW_INPUTS,
+    SCORES,
+    TENSOR_INPUT,
+)
 from ..errors import RepositoryError
 
 FORMAT = "modelmint/1"
@@ -70,7 +81,7 @@ class TensorInputSpec:
 
 
 PreprocessingSpec = ImageSpec | AudioSpec | TextSpec | TensorInputSpec
-KINDS = ("image", "audio", "text", "tensor")
+KINDS = ("image", "audio", "text", "tensor", "letterbox")
 
 
 def spec_from_json(data: dict[str, Any]) -> PreprocessingSpec:
@@ -82,6 +93,8 @@ def spec_from_json(data: dict[str, Any]) -> PreprocessingSpec:
         return TextSpec.from_json(data)
     if kind == "image":
         return ImageSpec.from_json(data)
+    if kind == "letterbox":
+        return LetterboxSpec.from_json(data)
     if kind == "tensor":
         return TensorInputSpec.from_json(data)
     raise ValueError(f"preprocessing kind {kind!r}; expected one of {list(KINDS)}")
@@ -113,6 +126,21 @@ class TensorSpec:
                 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
             raise TypeError(data)
         return cls(name, datatype, list(shape))
+
+
+def detection_signature(spec: LetterboxSpec) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """What a detector serves: ``image`` (BYTES) or ``input`` (FP32 [-1, 3, S, S]) in;
+    ``boxes``, ``scores``, ``classes`` and ``count`` out, ``K`` rows per image."""
+    k = spec.max_detections
+    outputs = [TensorSpec(BOXES, "FP32", [-1, k, 4]), TensorSpec(SCORES, "FP32", [-1, k]),
+               TensorSpec(CLASSES, "INT32", [-1, k]), TensorSpec(COUNT, "INT32", [-1])]
+    return classifier_inputs(spec), outputs
+
+
+def detection_graph_outputs(classes: int) -> list[TensorSpec]:
+    """What a detector's ``model.onnx`` returns, before the box selection."""
+    return [TensorSpec(DENSE_BOXES, "FP32", [-1, -1, 4]),
+            TensorSpec(DENSE_SCORES, "FP32", [-1, -1, classes])]
 
 
 def classifier_inputs(spec: PreprocessingSpec) -> list[TensorSpec]:
