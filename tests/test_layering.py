@@ -30,8 +30,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("_search", ("_search",)),
     ("_optimize", ("_optimize",)),
     ("_app", ("_app",)),
-    ("top", ("_client", "cli", "_cli_common", "_cli_serving", "_cli_train", "_demo",
-             "_live_stats", "_api", "__init__")),
+    ("top", ("_client", "cli", "_cli_common", "_cli_convert", "_cli_serving", "_cli_train",
+             "_demo", "_live_stats", "_api", "__init__")),
 )
 
 

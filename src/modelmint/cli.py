@@ -14,6 +14,7 @@ from rich.table import Table
 from ._cli_common import command_from, err_console
 from ._cli_common import emit_json as _emit_json
 from ._cli_common import fail as _fail
+from ._cli_convert import convert
 from ._cli_serving import models, predict, serve, stats
 from ._settings import APP, OPTIMIZE, TRAIN
 from .errors import MintError
@@ -96,6 +97,7 @@ def check(
 # The serving side's commands live in _cli_serving (same _cli_common code, same in-process API).
 for _command in (serve, predict, models, stats):
     app.command()(_command)
+app.command()(convert)
 
 
 @app.command()
