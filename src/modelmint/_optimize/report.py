@@ -13,6 +13,18 @@ def _ms(row: dict[str, Any], batch: str, key: str) -> str:
     return "-" if t is None else f"{t[key]:.1f}"
 
 
+def _accuracy(figures: dict[str, Any], detector: bool) -> list[str]:
+    """A gate's figures as table cells: a detector's mAP, drop and box IoU against FP32, or a
+    classifier's accuracy, drop and agreement."""
+    if detector:
+        iou = figures["box_iou_vs_fp32"]
+        return [str(figures["map50"]), str(figures["map50_95"]),
+                str(figures["map50_drop_points"]),
+                "-" if iou["mean"] is None else f"{iou['mean']:.3f} / {iou['min']:.3f}"]
+    return [str(figures["val_accuracy"]), str(figures["val_drop_points"]),
+            str(figures["agreement_with_fp32"])]
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     passes = Table(title="graph passes (node counts)")
     for col in ("pass", "source", "before", "after"):
@@ -21,19 +33,21 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         passes.add_row(p["pass"], p["source"], str(p["nodes_before"]), str(p["nodes_after"]))
     console.print(passes)
 
+    detector = report.get("task") == "object-detection"
+    figures = (["mAP@.5", "mAP@[.5:.95]", "drop pts", "IoU vs FP32 mean / min"] if detector
+               else ["val acc %", "drop pts", "agree %"])
     quant = Table(title="INT8 variants (accuracy gate)")
-    for col in ("variant", "val acc %", "drop pts", "agree %", "gate"):
+    for col in ("variant", *figures, "gate"):
         quant.add_column(col, justify="left" if col in ("variant", "gate") else "right")
     for q in report["quantization"]:
-        quant.add_row(q["config"]["name"], f"{q['val_accuracy']}", f"{q['val_drop_points']}",
-                      f"{q['agreement_with_fp32']}",
+        quant.add_row(q["config"]["name"], *_accuracy(q, detector),
                       "[green]pass[/]" if q["passed"] else f"[red]fail[/]: {q['reason']}")
     console.print(quant)
 
     cands = Table(title=f"candidates ({report['settings']['rounds']} interleaved rounds; "
                         "spread = range of per-round medians / p50)")
     for col in ("candidate", "engine", "b1 p50", "b1 p99", "b8 p50", "b8 p99", "spread",
-                "val acc %", "agree %"):
+                *(figures[:2] if detector else [figures[0], figures[2]])):
         cands.add_column(col, justify="left" if col in ("candidate", "engine") else "right")
     for row in report["candidates"]:
         spread = max(t["spread"] for t in row["latency"].values())
@@ -41,8 +55,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                                    else "")
         cands.add_row(name, row["engine"], _ms(row, "b1", "p50_ms"), _ms(row, "b1", "p99_ms"),
                       _ms(row, "b8", "p50_ms"), _ms(row, "b8", "p99_ms"), f"{spread:.0%}",
-                      str(row["accuracy"]["val_accuracy"]),
-                      str(row["accuracy"]["agreement_with_fp32"]))
+                      *(_accuracy(row["accuracy"], detector)[:2] if detector else
+                        _accuracy(row["accuracy"], detector)[::2]))
     console.print(cands)
     for note in report["notes"]:
         console.print(f"[yellow]note:[/] {note}")

@@ -6,17 +6,22 @@ FP32 on at least ``MIN_AGREEMENT`` of all labelled images (train + val). (a) alo
 model trade errors (fix two, break two) and still pass; (b) bounds how many answers change.
 FP32 candidates are instead checked against the original graph numerically (their rewrites are
 exact up to float rounding), so they always remain as the fallback.
+
+:class:`ClassifierGate` is this gate behind the :class:`Gate` interface ``optimize`` runs every
+task through (an object detector's is :class:`~.detection_gate.DetectorGate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import onnx
 
-from .measure import Candidate, Runner, Timing, per_image_ms
+from .measure import Candidate, Runner, Timing, ort_runner, per_image_ms
+from .quantize import sensitive_nodes
 
 MIN_AGREEMENT = 0.98
 
@@ -84,6 +89,88 @@ def assess(preds: np.ndarray, reference: np.ndarray, data: LabelledImages,
                     f"{agree:.2f}% >= {MIN_AGREEMENT:.0%}")
 
 
+class GateResult(Protocol):
+    """One candidate's verdict: whether it may be published, why, and its figures."""
+
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Gate(Protocol):
+    """What ``optimize`` asks of a version's task: its images, how its graph is run and
+    scored, and what its published version records (classifiers here, detectors in
+    :mod:`.detection_gate`)."""
+
+    task: str
+    outputs: tuple[str, ...]  # the graph outputs the server reads
+    torch_paths: bool  # whether the version's torch model can be rebuilt and measured
+
+    @property
+    def images(self) -> np.ndarray: ...
+    @property
+    def calibration_pool(self) -> np.ndarray: ...
+    def runner(self, session: Any) -> Runner: ...
+    def predict(self, run: Runner) -> Any: ...
+    def assess(self, preds: Any, reference: Any, max_drop: float,
+               exact: bool = False) -> Any: ...
+    def difference(self, a: Any, b: Any) -> float: ...
+    def sensitive_nodes(self, model: onnx.ModelProto) -> dict[str, list[str]]: ...
+    def settings(self) -> dict[str, Any]: ...
+    def describe(self, result: Any) -> str: ...
+    def version_metrics(self, metrics: dict[str, Any], result: Any) -> dict[str, Any]: ...
+
+
+class ClassifierGate:
+    """The gate of a classifier: top-1 accuracy and agreement (see the module docstring)."""
+
+    task = "classification"
+    outputs: tuple[str, ...] = ("logits", "probabilities")
+    torch_paths = True
+
+    def __init__(self, data: LabelledImages) -> None:
+        self.data = data
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.data.images
+
+    @property
+    def calibration_pool(self) -> np.ndarray:
+        return self.data.train_images if len(self.data.train_images) else self.data.images
+
+    def runner(self, session: Any) -> Runner:
+        return ort_runner(session)
+
+    def predict(self, run: Runner) -> np.ndarray:
+        return predict(run, self.data.images)
+
+    def assess(self, preds: np.ndarray, reference: np.ndarray, max_drop: float,
+               exact: bool = False) -> Accuracy:
+        return assess(preds, reference, self.data, max_drop, exact=exact)
+
+    def difference(self, a: Any, b: Any) -> float:
+        return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+    def sensitive_nodes(self, model: onnx.ModelProto) -> dict[str, list[str]]:
+        return sensitive_nodes(model)
+
+    def settings(self) -> dict[str, Any]:
+        return {"labelled_images": len(self.data.labels),
+                "val_images": int(self.data.is_val.sum())}
+
+    def describe(self, result: Accuracy) -> str:
+        return f"val {result.val_accuracy}% agreement {result.agreement:.1f}%"
+
+    def version_metrics(self, metrics: dict[str, Any], result: Accuracy) -> dict[str, Any]:
+        out = {**metrics, "source_val_accuracy": metrics.get("val_accuracy")}
+        if result.val_accuracy is not None:
+            out["val_accuracy"] = round(result.val_accuracy / 100.0, 4)
+        return out
+
+
 @dataclass
 class Choice:
     chosen: str  # the fastest candidate that passed the gate
@@ -93,7 +180,7 @@ class Choice:
 
 
 def choose(candidates: Sequence[Candidate], timings: dict[str, dict[int, Timing]],
-           gates: dict[str, Accuracy]) -> Choice:
+           gates: Mapping[str, GateResult]) -> Choice:
     """Fastest per-image p50 (mean over the measured batch sizes) among those that passed."""
     passed = [c for c in candidates if gates[c.name].passed]
     ranked = sorted(passed, key=lambda c: per_image_ms(timings[c.name]))
