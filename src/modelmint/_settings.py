@@ -53,7 +53,9 @@ class Setting:
 
 
 SERVE: tuple[Setting, ...] = (
-    Setting("repo", Path, None, "Model repository to serve.", argument=True, required=True),
+    Setting("repo", str, None,
+            "Model repository to serve: a folder or s3://BUCKET/PREFIX (cached locally, see "
+            "docs/object-storage.md).", argument=True, required=True),
     Setting("host", str, DEFAULT_HOST, "Address to bind."),
     Setting("http_port", int, DEFAULT_HTTP_PORT, "KServe V2 HTTP port (0: any free port)."),
     Setting("grpc_port", int, DEFAULT_GRPC_PORT,
@@ -96,7 +98,7 @@ TRAIN: tuple[Setting, ...] = (
             "Data folder (<class>/* or train|val/<class>/*; images or .wav) or a .tsv/.csv "
             "file (text)", argument=True),
     Setting("name", str, None, "Model name in the repository."),
-    Setting("repo", Path, Path("models"), "Model repository."),
+    Setting("repo", str, "models", "Model repository: a folder or s3://BUCKET/PREFIX."),
     Setting("budget", float, None, "Wall-clock ceiling in seconds for the whole command."),
     Setting("epochs", int, None, "Fixed number of fine-tuning epochs instead of a budget."),
     Setting("seed", int, 0, "Seed for the split, shuffling and init."),
@@ -155,11 +157,12 @@ APP: tuple[Setting, ...] = (
 )
 
 OPTIMIZE: tuple[Setting, ...] = (
-    Setting("model_dir", Path, None,
-            "REPO/<model> (its latest version) or REPO/<model>/<version>.", argument=True,
-            required=True),
+    Setting("model_dir", str, None,
+            "REPO/<model> (its latest version) or REPO/<model>/<version>; REPO a folder or "
+            "s3://BUCKET/PREFIX.", argument=True, required=True),
     Setting("max_accuracy_drop", float, 1.0,
-            "Largest val top-1 drop, in points, a lower precision may cost."),
+            "Largest drop, in points, a lower precision may cost: val top-1 accuracy for a "
+            "classifier, mAP@.5 (x100) for an object detector."),
     Setting("rounds", int, 5, "Interleaved timing rounds.", min=1),
     Setting("iters", int, 5, "Timed calls per candidate, batch and round.", min=1),
     Setting("include_compile", bool, False, "Also measure torch.compile (slow to compile)."),
