@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from ._client import Prediction, TensorPrediction
     from ._optimize import OptimizeResult
     from ._search.run import TrainResult
+    from ._serve.detection import DetectionPrediction
 
 
 def train(data: str | Path, name: str, *, repo: str | Path = "models",
@@ -31,15 +32,17 @@ def train(data: str | Path, name: str, *, repo: str | Path = "models",
 
 def predict(paths: list[Path], model: str, *, url: str | None = None,
             repo: str | Path | None = None, version: int | None = None,
-            top_k: int = 3) -> list[Prediction] | list[TensorPrediction]:
+            top_k: int = 3, score_threshold: float | None = None
+            ) -> list[Prediction] | list[TensorPrediction] | list[DetectionPrediction]:
     """Predict every file under ``paths`` with ``model``, through a running server (``url``)
-    or in-process from a repository (``repo``): top-k labels for a classifier, output tensors
-    for a model that takes ``.npy`` tensors."""
+    or in-process from a repository (``repo``): top-k labels for a classifier, labelled boxes
+    per image for a detector (at least ``score_threshold``, else the model's default), output
+    tensors for a model that takes ``.npy`` tensors."""
     from ._client import predict_files
 
     return predict_files([Path(p) for p in paths], model, url=url,
                          repo=None if repo is None else Path(repo), version=version,
-                         top_k=top_k)
+                         top_k=top_k, score_threshold=score_threshold)
 
 
 def serve(repo: str | Path, **settings: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from ._cli_common import emit_json as _emit_json
 from ._cli_common import fail as _fail
 from ._settings import DEFAULT_HTTP_PORT, SERVE
 from .errors import MintError
+
+if TYPE_CHECKING:
+    from ._client import Prediction, TensorPrediction
 
 
 def _serve(values: dict[str, Any]) -> None:
@@ -56,13 +59,20 @@ def predict(
     = None,
     version: Annotated[int | None, typer.Option(help="Model version (default: latest).")] = None,
     top_k: Annotated[int, typer.Option(help="How many labels to return per file.")] = 3,
+    score_threshold: Annotated[float | None, typer.Option(
+        help="Detectors: the lowest score of a box shown (default: the model's).")] = None,
+    save_dir: Annotated[Path | None, typer.Option(
+        help="Detectors: write annotated copies of the images (boxes and labels) here.")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
 ) -> None:
     """Classify image or sound files, or --text strings, through a server (--url) or a
-    repository (--repo); for a model that takes tensors only, print its outputs for each .npy
-    file (one item or a batch)."""
+    repository (--repo); for a detector, print each image's boxes (label, score, x1 y1 x2 y2 in
+    pixels); for a model that takes tensors only, print its outputs for each .npy file (one
+    item or a batch)."""
     from ._client import predict_files as run_predict
     from ._client import predict_texts, print_predictions
+    from ._serve.detection import DetectionPrediction, save_annotated
 
     if (url is None) == (repo is None):
         _fail(MintError("mint predict needs exactly one of --url or --repo"))
@@ -72,15 +82,43 @@ def predict(
         preds = (predict_texts(text or [], model, url=url, repo=repo, version=version,
                                top_k=top_k) if text else
                  run_predict(files or [], model, url=url, repo=repo, version=version,
-                             top_k=top_k))
+                             top_k=top_k, score_threshold=score_threshold))
+        detections = [p for p in preds if isinstance(p, DetectionPrediction)]
+        if (save_dir is not None or score_threshold is not None) and len(detections) != len(
+                preds):
+            raise MintError(f"--save-dir and --score-threshold apply to detectors; model "
+                            f"{model!r} is not one")
+        if save_dir is not None:
+            save_annotated(detections, save_dir)
     except MintError as exc:
         _fail(exc)
         return
     if as_json:
         for p in preds:
             _emit_json(p.to_json())
-    else:
-        print_predictions(preds, Console())
+    elif detections:
+        _print_detections(detections, Console())
+    else:  # no detector: classifications or tensor outputs
+        print_predictions(cast("list[Prediction] | list[TensorPrediction]", preds), Console())
+
+
+def _print_detections(preds: list[Any], console: Console) -> None:
+    """A table: one row per box (file, label, score, x1 y1 x2 y2), or the file's error in
+    red, or that it has no detections."""
+    from rich.markup import escape
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("File", overflow="fold")
+    for column in ("Label", "Score", "Box (x1, y1, x2, y2)"):
+        table.add_column(column)
+    for pred in preds:
+        if pred.error is not None or not pred.detections:
+            why = f"[red]{escape(pred.error)}[/red]" if pred.error else "no detections"
+            table.add_row(escape(pred.file), "[red]error[/red]" if pred.error else "", "", why)
+        for det in pred.detections:
+            table.add_row(escape(pred.file), escape(det.label), f"{det.score:.3f}",
+                          ", ".join(f"{v:.1f}" for v in det.box))
+    console.print(table)
 
 
 def models(

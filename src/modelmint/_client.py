@@ -1,5 +1,6 @@
 """Classify image or sound files, or text strings, with a served model (over V2 HTTP) or
-straight from a repository; run ``.npy`` arrays through a model that takes tensors only.
+straight from a repository; find objects in images with a detector (labelled boxes, optionally
+drawn onto annotated copies); run ``.npy`` arrays through a model that takes tensors only.
 
 Both paths send the same V2 request objects (:mod:`modelmint._serve.v2client`: ``image``,
 ``audio`` — chosen by the file extension — or ``text`` input with ``classification: k``, or the
@@ -11,16 +12,23 @@ its :attr:`Prediction.error` and never fails the rest.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._serve.detection import (
+    LABELS_PARAMETER,
+    DetectionPrediction,
+    detection_outputs,
+    detection_request,
+    read_detections,
+)
 from ._serve.types import InferRequest, InferResponse
 from ._serve.v2client import (
     V2Client,
@@ -29,7 +37,7 @@ from ._serve.v2client import (
     encoded_input,
     tensor_request,
 )
-from ._tensor_names import AUDIO_INPUT, IMAGE_INPUT, TENSOR_INPUT, TEXT_INPUT
+from ._tensor_names import AUDIO_INPUT, IMAGE_INPUT, SCORE_THRESHOLD, TENSOR_INPUT, TEXT_INPUT
 from .errors import InvalidInput
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif",
@@ -168,24 +176,33 @@ def predict(paths: list[Path], model: str, *, url: str | None = None, repo: Path
     _check_request(url, repo, top_k)
     backend = _open(url, repo, model, version, timeout)
     try:
-        return _predict_classes(backend, paths, top_k)
+        return _predict_files(paths, _classes(backend, top_k), Prediction)
     finally:
         backend.close()
 
 
 def predict_files(paths: list[Path], model: str, *, url: str | None = None,
                   repo: Path | None = None, version: int | None = None, top_k: int = 3,
-                  timeout: float = 120.0) -> list[Prediction] | list[TensorPrediction]:
+                  score_threshold: float | None = None, timeout: float = 120.0
+                  ) -> list[Prediction] | list[TensorPrediction] | list[DetectionPrediction]:
     """``mint predict FILES``: the model's signature decides. A classifier (it has an encoded
-    image, sound or text input) gives top-k labels per file, as :func:`predict`; a model that
-    takes tensors only gives its outputs per ``.npy`` file (one item, or a batch with its
-    batch axis first)."""
+    image, sound or text input) gives top-k labels per file, as :func:`predict`; a detector its
+    labelled boxes per image (``score_threshold``: else the model's); a model that takes
+    tensors only its outputs per ``.npy`` file (one item, or a batch, batch axis first)."""
     _check_request(url, repo, top_k)
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise InvalidInput(f"score_threshold must be from 0 to 1, got {score_threshold}")
     backend = _open(url, repo, model, version, timeout)
     try:
-        if encoded_input(backend.metadata()) is None:
+        meta = backend.metadata()
+        if encoded_input(meta) is None:
             return _predict_tensors(backend, model, paths)
-        return _predict_classes(backend, paths, top_k)
+        if detection_outputs([str(t.get("name")) for t in meta.get("outputs", [])]):
+            labels = [str(x) for x in (meta.get("parameters") or {}).get(LABELS_PARAMETER, [])]
+            options = {} if score_threshold is None else {SCORE_THRESHOLD: score_threshold}
+            return _predict_files(paths, _detections(backend, labels, options),
+                                  DetectionPrediction)
+        return _predict_files(paths, _classes(backend, top_k), Prediction)
     finally:
         backend.close()
 
@@ -217,12 +234,30 @@ def _check_request(url: str | None, repo: Path | None, top_k: int) -> None:
         raise InvalidInput(f"top_k must be >= 1, got {top_k}")
 
 
-def _predict_classes(backend: _Backend, paths: list[Path], top_k: int) -> list[Prediction]:
+P = TypeVar("P")
+# One request's answers: (files, their bytes, the input name) -> one result per file.
+Answer = Callable[[list[Path], list[bytes], str], list[P]]
+
+
+def _classes(backend: _Backend, k: int) -> Answer[Prediction]:
+    def answer(paths: list[Path], blobs: list[bytes], name: str) -> list[Prediction]:
+        rows = _classify(backend, blobs, k, name)
+        return [Prediction(str(p), row[0][0], row[0][1], row)
+                for p, row in zip(paths, rows, strict=True)]
+    return answer
+
+
+def _detections(backend: _Backend, labels: list[str], options: dict[str, Any]) -> Answer[Any]:
+    return lambda paths, blobs, _: [DetectionPrediction(str(p), row) for p, row in zip(
+        paths, read_detections(backend.infer(detection_request(blobs, options), True), labels),
+        strict=True)]
+
+
+def _predict_files(paths: list[Path], answer: Answer[P], failed: Callable[..., P]) -> list[P]:
     files, missing = find_images([Path(p) for p in paths])
-    results: dict[Path, Prediction] = {
-        p: Prediction(str(p), error="no such file or directory") for p in missing}
+    results = {p: failed(str(p), error="no such file or directory") for p in missing}
     for batch in _batches(files):
-        for path, pred in zip(batch, _predict_batch(backend, batch, top_k), strict=True):
+        for path, pred in zip(batch, _predict_batch(batch, answer, failed), strict=True):
             results[path] = pred
     return [results[p] for p in [*missing, *files]]
 
@@ -244,29 +279,27 @@ def _batches(files: list[Path]) -> Iterator[list[Path]]:
         yield batch
 
 
-def _predict_batch(backend: _Backend, batch: list[Path], k: int) -> list[Prediction]:
-    preds: dict[Path, Prediction] = {}
+def _predict_batch(batch: list[Path], answer: Answer[P], failed: Callable[..., P]) -> list[P]:
+    preds: dict[Path, P] = {}
     readable: list[tuple[Path, bytes]] = []
     for path in batch:
         try:
             readable.append((path, path.read_bytes()))
         except OSError as exc:
-            preds[path] = Prediction(str(path), error=f"cannot read: {exc.strerror or exc}")
+            preds[path] = failed(str(path), error=f"cannot read: {exc.strerror or exc}")
     if readable:
         try:
-            rows = _classify(backend, [blob for _, blob in readable], k,
+            answers = answer([p for p, _ in readable], [blob for _, blob in readable],
                              input_name(readable[0][0]))
         except InvalidInput as exc:
             if len(readable) == 1:
-                preds[readable[0][0]] = Prediction(str(readable[0][0]), error=str(exc))
+                preds[readable[0][0]] = failed(str(readable[0][0]), error=str(exc))
             else:
                 # One bad file fails its whole request; retry one by one so only it is reported.
                 for path, _ in readable:
-                    preds[path] = _predict_batch(backend, [path], k)[0]
+                    preds[path] = _predict_batch([path], answer, failed)[0]
         else:
-            for (path, _), row in zip(readable, rows, strict=True):
-                label, score = row[0]
-                preds[path] = Prediction(str(path), label, score, row)
+            preds.update(zip([p for p, _ in readable], answers, strict=True))
     return [preds[p] for p in batch]
 
 

@@ -4,7 +4,9 @@ for images; ``soundfile`` and ``soxr`` for sound; nothing more for text).
 
 The modality's module (``data/preprocess.py``, ``data/audio.py`` or ``data/text.py``) is vendored
 as it is, minus its training-data loader, with its one ``..errors`` import pointed at a small
-``errors.py``: the SDK's preprocessing *is* the server's.
+``errors.py``: the SDK's preprocessing *is* the server's. A detector also ships
+``data/detection.py`` (letterboxing and the box selection after the graph) beside
+``preprocess.py``, which it imports.
 """
 
 from __future__ import annotations
@@ -52,21 +54,31 @@ class Vendored:
     requirements: str
     cut_before: str | None = None  # the training-data loader starts here: not shipped
     dropped_imports: tuple[str, ...] = ()  # imports that only the loader uses
+    # Its one relative import, and what it becomes in the SDK.
+    relative_import: tuple[str, str] = ("from ..errors import ", "from .errors import ")
+    companions: tuple[Vendored, ...] = ()  # the modules it imports, shipped beside it
 
 
+_IMAGE = Vendored(_DATA / "preprocess.py", "preprocess", "pillow>=10.3\n")
 VENDORED = {
-    "image": Vendored(_DATA / "preprocess.py", "preprocess", "pillow>=10.3\n"),
+    "image": _IMAGE,
     "audio": Vendored(_DATA / "audio.py", "audio", "soundfile>=0.12\nsoxr>=0.3\n",
                       cut_before="def feature_matrix(", dropped_imports=_LOADER_IMPORTS),
     "text": Vendored(_DATA / "text.py", "text", "",
                      cut_before="def _read_rows(", dropped_imports=_LOADER_IMPORTS),
+    "letterbox": Vendored(_DATA / "detection.py", "detection", "pillow>=10.3\n",
+                          relative_import=("from .preprocess import ", "from .preprocess import "),
+                          companions=(_IMAGE,)),
 }
 
 
 def vendored_source(kind: str) -> str:
     """The modality's preprocessing module made standalone. Every rewrite is checked, so that a
     change to the module this does not cover fails the build instead of shipping a broken SDK."""
-    v = VENDORED[kind]
+    return _standalone(VENDORED[kind])
+
+
+def _standalone(v: Vendored) -> str:
     source = v.source.read_text()
     if v.cut_before is not None:
         if source.count(v.cut_before) != 1:
@@ -79,11 +91,11 @@ def vendored_source(kind: str) -> str:
         if line.split()[-1] in source:
             raise RuntimeError(f"{v.source}: {line.split()[-1]} is used outside the loader; "
                                "the SDK cannot vendor it")
-    errors_import = "from ..errors import "
-    if source.count(errors_import) != 1 or source.count("from .") != 1:
+    relative, rewritten = v.relative_import
+    if source.count(relative) != 1 or source.count("from .") != 1:
         raise RuntimeError(f"{v.source}: expected exactly one relative import "
-                           f"({errors_import}...) to rewrite for the SDK")
-    return source.replace(errors_import, "from .errors import ")
+                           f"({relative}...) to rewrite for the SDK")
+    return source.replace(relative, rewritten)
 
 
 def build_sdk(version_dir: Path) -> tuple[str, bytes]:
@@ -108,7 +120,8 @@ def build_sdk(version_dir: Path) -> tuple[str, bytes]:
         zf.writestr(f"{folder}/modelmint_sdk/__init__.py",
                     "from .predictor import Predictor\n\n__all__ = [\"Predictor\"]\n")
         zf.writestr(f"{folder}/modelmint_sdk/errors.py", ERRORS_PY)
-        zf.writestr(f"{folder}/modelmint_sdk/{vendored.module}.py", vendored_source(kind))
+        for module in (vendored, *vendored.companions):
+            zf.writestr(f"{folder}/modelmint_sdk/{module.module}.py", _standalone(module))
         zf.writestr(f"{folder}/modelmint_sdk/predictor.py",
                     (_FILES / "predictor.py.txt").read_text())
     return f"{folder}.zip", buffer.getvalue()

@@ -1,7 +1,9 @@
 """One model version's request semantics: which inputs are accepted, validation,
 preprocessing of the raw inputs (``image``, ``audio`` WAV files or ``text`` UTF-8 strings, by
 the version's preprocessing kind; a ``tensor`` model takes only its FP32 ``input``), the
-declared outputs, classification post-processing and their error messages.
+declared outputs, classification post-processing and their error messages. A detector
+(preprocessing kind ``letterbox``) letterboxes its images and selects its boxes after the graph
+(see :mod:`.detection`).
 
 Where the ONNX session runs is not its concern (see :mod:`.executors`): :meth:`LoadedModel.prepare`
 turns a request into the FP32 batch an executor runs, :meth:`LoadedModel.respond` turns the
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._data.audio import AudioSpec, preprocess_audio_batch
+from .._data.detection import LetterboxSpec
 from .._data.preprocess import ImageSpec, MemoryBudget, preprocess_batch
 from .._data.text import TextEncoder, TextSpec, decode_texts
 from .._repository import (
@@ -29,6 +32,7 @@ from .._repository.metadata import input_shape
 from .._tensor_names import PROBABILITIES, TENSOR_INPUT
 from ..errors import InvalidInput, MintError, RepositoryError
 from .codec import decode_request
+from .detection import LABELS_PARAMETER, Detector
 from .torch_runner import needs_torch
 from .types import (
     BYTES,
@@ -48,7 +52,7 @@ CLASSIFICATION = "classification"  # the output parameter of the classification 
 # GiB of FP32 tensors. Clients split larger jobs (the SDK sends 16 per request).
 DEFAULT_MAX_BATCH_SIZE = 64
 _RAW_ELEMENTS = {"image": "one encoded image file", "audio": "one sound file",
-                 "text": "one UTF-8 string"}
+                 "text": "one UTF-8 string", "letterbox": "one encoded image file"}
 
 
 def _dims(shape: list[Any]) -> str:
@@ -80,11 +84,22 @@ class LoadedModel:
         self.classifier = PROBABILITIES if self.labels and PROBABILITIES in self.outputs else None
         # Vocabulary lookups are built once per version, not per request.
         self._text = TextEncoder(self.spec) if isinstance(self.spec, TextSpec) else None
+        # A detector's graph returns dense candidates; the served outputs are selected after it.
+        self.detector = (Detector(self.spec, self.labels, f"model {self.name!r} version "
+                                  f"{self.version}")
+                         if isinstance(self.spec, LetterboxSpec) else None)
+
+    @property
+    def graph_outputs(self) -> list[TensorSpec]:
+        """What the graph must return: the declared outputs, or a detector's dense ones."""
+        if self.detector is not None:
+            return self.detector.graph_outputs
+        return list(self.outputs.values())
 
     @property
     def output_names(self) -> list[str]:
-        """The declared outputs, in order: what every execution computes."""
-        return list(self.outputs)
+        """The graph outputs, in order: what every execution computes."""
+        return [t.name for t in self.graph_outputs]
 
     @property
     def slot_crop(self) -> int:
@@ -106,11 +121,15 @@ class LoadedModel:
                                   f"{list(shape)}, expected FP32 [batch, "
                                   f"{', '.join(map(str, self.item_shape))}] with a dynamic "
                                   "batch axis")
-        missing = [name for name in self.outputs if name not in outputs]
+        source = ("a detector of its labels returns" if self.detector is not None
+                  else "modelmint.json declares")
+        expected = self.graph_outputs
+        missing = [t.name for t in expected if t.name not in outputs]
         if missing:
-            raise RepositoryError(f"{where}: has no output {missing[0]!r}, which modelmint.json "
-                                  f"declares; the graph's outputs are {sorted(outputs)}")
-        for name, spec in self.outputs.items():
+            raise RepositoryError(f"{where}: has no output {missing[0]!r}, which {source}; "
+                                  f"the graph's outputs are {sorted(outputs)}")
+        for spec in expected:
+            name = spec.name
             datatype, shape = outputs[name]
             fixed = [(d, g) for d, g in zip(spec.shape[1:], shape[1:], strict=False)
                      if d != -1 and isinstance(g, int)]
@@ -118,7 +137,7 @@ class LoadedModel:
                     or (shape and (len(shape) != len(spec.shape) or isinstance(shape[0], int)))
                     or any(d != g for d, g in fixed)):
                 raise RepositoryError(f"{where}: output {name!r} is {datatype or '?'} "
-                                      f"{list(shape)}, but modelmint.json declares "
+                                      f"{list(shape)}, but {source} "
                                       f"{spec.datatype} {spec.shape} (the batch axis first, "
                                       "dynamic)")
 
@@ -134,23 +153,31 @@ class LoadedModel:
 
     def v2_metadata(self) -> dict[str, Any]:
         inputs, outputs = self.metadata.signature
-        return {
+        meta: dict[str, Any] = {
             "name": self.name,
             "versions": [str(self.version)],
             "platform": PLATFORM,
             "inputs": [t.to_json() for t in inputs],
             "outputs": [t.to_json() for t in outputs],
         }
+        if self.detector is not None:  # ``classes`` are indices: clients need their names
+            meta["parameters"] = {LABELS_PARAMETER: list(self.labels)}
+        return meta
 
     # --- request semantics: prepare (on a thread), then respond -----------------------------
 
     def prepare(self, request: InferRequest) -> np.ndarray:
         """Validate (inputs and requested outputs) and preprocess: the FP32 batch to run."""
         self._requested(request.outputs)  # a bad output request fails before running
-        return self._batch(request.inputs)
+        if self.detector is not None:
+            self.detector.selection(request.parameters)  # bad parameters fail before running
+            request.letterboxes = None
+        return self._batch(request)
 
     def respond(self, request: InferRequest, outputs: Outputs) -> InferResponse:
         rows = request.inputs[0].shape[0]  # prepare() has validated the request
+        if self.detector is not None:
+            outputs = self.detector.select(request, outputs, rows)
         result = []
         for requested in self._requested(request.outputs):
             spec = self.outputs[requested.name]
@@ -179,11 +206,12 @@ class LoadedModel:
         if self.raw_input is None:
             return f"model {self.name!r} takes exactly one input: {tensor}"
         what = {"image": "encoded image files", "audio": "sound files such as WAV",
-                "text": "UTF-8 strings"}[self.spec.kind]
+                "text": "UTF-8 strings", "letterbox": "encoded image files"}[self.spec.kind]
         return (f"model {self.name!r} takes exactly one of {tensor} or {self.raw_input!r} "
                 f"(BYTES [N], {what})")
 
-    def _batch(self, inputs: list[InferInput]) -> np.ndarray:
+    def _batch(self, request: InferRequest) -> np.ndarray:
+        inputs = request.inputs
         names = [t.name for t in inputs]
         for name in names:
             if name not in (TENSOR_INPUT, self.raw_input):
@@ -195,7 +223,7 @@ class LoadedModel:
             raise InvalidInput(f"{given}; {self._expects()}")
         tensor = inputs[0]
         return self._tensor_batch(tensor) if tensor.name == TENSOR_INPUT else self._raw_batch(
-            tensor)
+            request, tensor)
 
     def _check_batch(self, name: str, n: int) -> None:
         if n > self.max_batch_size:
@@ -220,7 +248,7 @@ class LoadedModel:
             raise InvalidInput(f"input {TENSOR_INPUT!r}: contains NaN or infinite values")
         return np.ascontiguousarray(data)
 
-    def _raw_batch(self, tensor: InferInput) -> np.ndarray:
+    def _raw_batch(self, request: InferRequest, tensor: InferInput) -> np.ndarray:
         name, kind = tensor.name, self.spec.kind
         expected = f"expected BYTES [N] ({_RAW_ELEMENTS[kind]} per element) with N >= 1"
         if tensor.datatype != BYTES:
@@ -237,12 +265,15 @@ class LoadedModel:
         blobs: list[bytes] = []
         for i, item in enumerate(items):
             if not isinstance(item, bytes):
-                what = "an encoded image" if kind == "image" else "a sound file"
+                what = "a sound file" if kind == "audio" else "an encoded image"
                 raise InvalidInput(f"{name}[{i}]: expected bytes of {what}, got "
                                    f"{type(item).__name__}")
             blobs.append(item)
         if isinstance(self.spec, AudioSpec):
             return preprocess_audio_batch(blobs, self.spec, name=name, budget=self.decode_budget)
+        if self.detector is not None:
+            batch, request.letterboxes = self.detector.letterbox(blobs, name, self.decode_budget)
+            return batch
         assert isinstance(self.spec, ImageSpec)
         return preprocess_batch(blobs, self.spec, name=name, budget=self.decode_budget)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._data.detection import Letterbox
 from ..errors import InvalidInput
 
 # V2 datatype -> NumPy dtype. Explicit little-endian because the binary tensor extension and
@@ -99,6 +100,9 @@ class InferRequest:
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)  # empty: the default output
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Set by a detector's prepare() for ``image`` inputs: where each image sits in the square
+    # tensor, so respond() maps boxes back to its pixels. Not on the wire (codecs ignore it).
+    letterboxes: list[Letterbox] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
