@@ -280,10 +280,13 @@ requests = st.fixed_dictionaries(
                   "id": json_values, "parameters": json_values})
 
 
-# The binary header's value: exact, off by a little, or anything a client could type.
+# The binary header's value: exact, off by a little, or anything a client could type. HTTP
+# strips a value's surrounding whitespace, and httpx refuses to send it: such a value never
+# reaches a server.
 header_lengths = (st.none() | st.integers(-3, 3)
                   | st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
-                                          exclude_characters="\x7f"), max_size=8)
+                                          exclude_characters="\x7f"), max_size=8
+                            ).map(str.strip)
                   | st.sampled_from(["+1", "1_0", "0x1", "1e1", "\u00b9", "9" * 30]))
 
 
