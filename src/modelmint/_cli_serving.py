@@ -122,7 +122,7 @@ def _print_detections(preds: list[Any], console: Console) -> None:
 
 
 def models(
-    repo: Annotated[Path, typer.Argument(help="Model repository.")],
+    repo: Annotated[str, typer.Argument(help="Model repository: a folder or s3://BUCKET/PREFIX.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the models and versions in a repository."""

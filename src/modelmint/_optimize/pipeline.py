@@ -28,9 +28,9 @@ from .._repository import (
     ModelMetadata,
     ModelRepository,
     VersionRef,
-    version_number,
+    resolve_version,
 )
-from ..errors import DataError, InvalidInput, NotFound, RepositoryError
+from ..errors import DataError, InvalidInput, RepositoryError
 from . import passes_onnx
 from .detection_gate import DETECTION_TASK, DetectorGate, load_detection_images
 from .measure import Candidate, Timing, measure, ort_session
@@ -70,16 +70,9 @@ class OptimizeResult:
 
 
 def resolve(path: str | Path) -> tuple[ModelRepository, VersionRef]:
-    """``REPO/<model>`` (latest version) or ``REPO/<model>/<n>`` → repository and version."""
-    p = Path(path).resolve()
-    number = version_number(p.name)
-    if (p / METADATA_FILE).is_file() and number is not None:
-        repo = ModelRepository(p.parents[1])
-        return repo, repo.version(p.parent.name, number)
-    if p.is_dir():
-        repo = ModelRepository(p.parent)
-        return repo, repo.version(p.name)
-    raise NotFound(f"{path}: not a model directory (REPO/<model>) or version directory")
+    """``REPO/<model>`` (latest version) or ``REPO/<model>/<n>`` → repository and version;
+    REPO a folder or ``s3://BUCKET/PREFIX``."""
+    return resolve_version(path)
 
 
 def load_labelled(meta: ModelMetadata, limit: int | None = None) -> LabelledImages | None:

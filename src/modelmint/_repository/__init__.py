@@ -1,4 +1,5 @@
-"""The versioned model repository: ``REPO/<model>/<version>/``."""
+"""The versioned model repository: ``REPO/<model>/<version>/``, in a folder or in S3-compatible
+object storage (``s3://bucket/prefix``, :mod:`.s3_repository`)."""
 
 from .config import CONFIG_FILE, BatchingConfig, ModelConfig, VersionPolicy
 from .metadata import (
@@ -18,7 +19,9 @@ from .store import (
     ModelRepository,
     VersionRef,
     check_model_name,
+    open_repository,
     require_repo_dir,
+    resolve_version,
     version_number,
 )
 
@@ -41,6 +44,8 @@ __all__ = [
     "VersionRef",
     "check_external_data",
     "check_model_name",
+    "open_repository",
     "require_repo_dir",
+    "resolve_version",
     "version_number",
 ]

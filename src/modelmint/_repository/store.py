@@ -65,6 +65,16 @@ class ModelRepository:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    @property
+    def name(self) -> str:
+        """How messages name the repository (its folder; its s3:// URI for a bucket)."""
+        return str(self.root)
+
+    def check(self) -> None:
+        """Raise NotFound unless the repository exists."""
+        if not self.root.is_dir():
+            raise NotFound(f"model repository {self.root} does not exist")
+
     def models(self) -> list[str]:
         """The model folders that hold at least one published version (an unreadable one
         holds none here; :meth:`scan` says why)."""
@@ -124,7 +134,7 @@ class ModelRepository:
     def version(self, model: str, version: int | None = None) -> VersionRef:
         refs = self.versions(model)
         if not refs:
-            raise NotFound(f"model {model!r} has no versions in repository {self.root}")
+            raise NotFound(f"model {model!r} has no versions in repository {self.name}")
         if version is None:
             return refs[-1]
         for ref in refs:
@@ -219,8 +229,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def require_repo_dir(path: str | Path) -> ModelRepository:
-    repo = ModelRepository(path)
-    if not repo.root.is_dir():
-        raise NotFound(f"model repository {repo.root} does not exist")
+def open_repository(location: str | Path | ModelRepository) -> ModelRepository:
+    """The repository at a folder or an ``s3://bucket/prefix`` URI (read through a local
+    cache, see :mod:`.s3_repository`); a folder need not exist yet (publishing creates it)."""
+    if isinstance(location, ModelRepository):
+        return location
+    if isinstance(location, str) and location.startswith("s3://"):
+        from .s3_repository import S3Repository  # boto3 only for buckets
+
+        return S3Repository(location)
+    return ModelRepository(location)
+
+
+def resolve_version(target: str | Path) -> tuple[ModelRepository, VersionRef]:
+    """``REPO/<model>`` (its latest version) or ``REPO/<model>/<n>``, REPO a folder or an
+    ``s3://bucket/prefix`` URI -> the repository and the version."""
+    if isinstance(target, str) and target.startswith("s3://"):
+        parts = target.rstrip("/").split("/")
+        number = version_number(parts[-1])
+        model = parts[-2] if number is not None else parts[-1]
+        root = "/".join(parts[:-2] if number is not None else parts[:-1])
+        if root.rstrip("/") == "s3:" or not _MODEL_NAME.fullmatch(model):
+            raise NotFound(f"{target}: expected s3://BUCKET[/PREFIX]/<model>[/<version>]")
+        repo = require_repo_dir(root)
+        return repo, repo.version(model, number)
+    p = Path(target).resolve()
+    number = version_number(p.name)
+    if (p / METADATA_FILE).is_file() and number is not None:
+        repo = ModelRepository(p.parents[1])
+        return repo, repo.version(p.parent.name, number)
+    if p.is_dir():
+        repo = ModelRepository(p.parent)
+        return repo, repo.version(p.name)
+    raise NotFound(f"{target}: not a model directory (REPO/<model>) or version directory")
+
+
+def require_repo_dir(location: str | Path | ModelRepository) -> ModelRepository:
+    """The repository at ``location``, which must exist: a folder, or a bucket that can be
+    listed with the credentials at hand (NotFound / RepositoryError say what is wrong)."""
+    repo = open_repository(location)
+    repo.check()
     return repo

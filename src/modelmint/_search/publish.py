@@ -21,6 +21,7 @@ from .._repository import (
     ModelMetadata,
     ModelRepository,
     VersionRef,
+    open_repository,
 )
 from .._repository.metadata import spec_from_json
 from .._serve.v2client import warmup_request
@@ -65,11 +66,11 @@ def version_metadata(name: str, task: Task, data: TaskData, fitted: Fitted,
         inputs=signature[0] if signature else None, outputs=signature[1] if signature else None)
 
 
-def publish_version(repo: str | Path, meta: ModelMetadata, fitted: Exportable,
+def publish_version(repo: str | Path | ModelRepository, meta: ModelMetadata, fitted: Exportable,
                     report: dict[str, Any] | None = None, html_text: str | None = None
                     ) -> VersionRef:
     """Write the version into a hidden folder and publish it atomically under the next free
-    number (see :meth:`ModelRepository.publish`)."""
+    number (see :meth:`ModelRepository.publish`); ``repo`` may be an ``s3://`` URI."""
 
     def write(tmp: Path, version: int) -> None:
         fitted.export(tmp)
@@ -84,7 +85,7 @@ def publish_version(repo: str | Path, meta: ModelMetadata, fitted: Exportable,
         for i, payload in enumerate(fitted.warmup_payloads()):
             (warmup / f"request-{i:03d}.json").write_text(json.dumps(_warmup(meta, payload)))
 
-    return ModelRepository(repo).publish(meta.name, write)
+    return open_repository(repo).publish(meta.name, write)
 
 
 def publish_classifier(repo: ModelRepository, classifier: nn.Module, meta: ModelMetadata,
@@ -103,4 +104,4 @@ def publish_classifier(repo: ModelRepository, classifier: nn.Module, meta: Model
     fitted = ImageFitted(meta.architecture, spec.to_json(), {}, classifier.eval(),
                          np.empty((0, len(meta.labels)), np.float32), list(warmup_images),
                          sample)
-    return publish_version(repo.root, meta, fitted, report)
+    return publish_version(repo, meta, fitted, report)

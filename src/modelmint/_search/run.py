@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .._repository import check_model_name
+from .._repository import check_model_name, open_repository
 from ..errors import DataError
 from . import leaderboard
 from .artifact import INFO_FILE, SavedFitted
@@ -63,6 +63,8 @@ def train(opts: TrainOptions, console: Console, started: float | None = None) ->
     started = time.monotonic() if started is None else started
     opts.check()
     check_model_name(opts.name)
+    if str(opts.repo).startswith("s3://"):  # a missing bucket fails now, not after the run
+        open_repository(str(opts.repo)).check()
     run_dir = new_run_dir(Path(opts.runs_dir), opts.name)
     return _finish(opts, run_search(opts, run_dir, console, started, resuming=False), console,
                    started)
