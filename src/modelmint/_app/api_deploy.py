@@ -14,9 +14,20 @@ from pydantic import BaseModel, Field
 from .._repository import ModelRepository
 from .._serve.v2client import bytes_request, request_json
 from .._settings import DEFAULT_MAX_REQUEST_BYTES
-from .._tensor_names import AUDIO_INPUT, IMAGE_INPUT, PROBABILITIES, TEXT_INPUT
+from .._tensor_names import (
+    AUDIO_INPUT,
+    BOXES,
+    CLASSES,
+    COUNT,
+    IMAGE_INPUT,
+    PROBABILITIES,
+    SCORES,
+    TEXT_INPUT,
+)
 from ..errors import Conflict, InvalidInput, MintError, PayloadTooLarge
-from .context import BUSY, MAX_ID, Ctx, Id, get_project
+from .context import BUSY, MAX_ID, AppContext, Ctx, Id, get_project
+from .db import Project
+from .detection import DETECTION
 from .sdk import build_sdk
 
 router = APIRouter(prefix="/api", tags=["deployment"])
@@ -33,8 +44,10 @@ _INPUTS = {"image": (IMAGE_INPUT, "my.jpg"), "sound": (AUDIO_INPUT, "my.wav"),
 _TOP_K = 3
 
 
-def _snippets(url: str, slug: str, task: str) -> dict[str, str]:
+def _snippets(url: str, slug: str, task: str, kind: str) -> dict[str, str]:
     """Ready-to-paste clients: curl with the V2 JSON body, and tritonclient."""
+    if kind == DETECTION:
+        return _detection_snippets(url, slug)
     name, example = _INPUTS[task]
     host = url.split("://", 1)[-1]
     infer = f"curl -s {url}/v2/models/{slug}/infer -H 'Content-Type: application/json'"
@@ -59,6 +72,27 @@ data.set_data_from_numpy(np.array([{value}], dtype=object))
 top = httpclient.InferRequestedOutput("{PROBABILITIES}", class_count={_TOP_K})
 result = client.infer("{slug}", [data], outputs=[top])
 print(result.as_numpy("{PROBABILITIES}"))  # b"score:index:label" strings"""
+    return {"curl": curl, "python": python}
+
+
+def _detection_snippets(url: str, slug: str) -> dict[str, str]:
+    host = url.split("://", 1)[-1]
+    empty = bytes_request(IMAGE_INPUT, [b""])
+    head, tail = json.dumps(request_json(empty)).split('[""]')
+    curl = (f"(printf '%s' '{head}[\"'; base64 -w0 my.jpg; printf '%s' '\"]{tail}') "
+            f"> request.json\ncurl -s {url}/v2/models/{slug}/infer "
+            "-H 'Content-Type: application/json' -d @request.json")
+    python = f"""import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient("{host}")
+data = httpclient.InferInput("{IMAGE_INPUT}", [1], "BYTES")
+data.set_data_from_numpy(np.array([open("my.jpg", "rb").read()], dtype=object))
+result = client.infer("{slug}", [data])
+count = int(result.as_numpy("{COUNT}")[0])
+boxes = result.as_numpy("{BOXES}")[0][:count]  # x1, y1, x2, y2 in the image's pixels
+scores = result.as_numpy("{SCORES}")[0][:count]
+classes = result.as_numpy("{CLASSES}")[0][:count]  # index into the model's labels"""
     return {"curl": curl, "python": python}
 
 
@@ -117,14 +151,19 @@ def deployment(project_id: Id, c: Ctx) -> dict[str, Any]:
         current = dict(c.deployments.get(project_id, {}))
     server = c.serving.status(project.slug) if project.deployed_version or current else None
     return {"deployed_version": project.deployed_version, "model": project.slug,
-            "server_url": c.serving.url, "task": project.task, "progress": current or None,
-            "server": server, "snippets": _snippets(c.serving.url, project.slug, project.task)}
+            "server_url": c.serving.url, "task": project.task, "kind": project.kind,
+            "progress": current or None, "server": server,
+            "snippets": _snippets(c.serving.url, project.slug, project.task, project.kind)}
 
 
 @router.post("/projects/{project_id}/predict")
 async def try_it(request: Request, project_id: Id, c: Ctx,
-                 top_k: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
-    """Body: an image or wav file, or UTF-8 text. Answers the deployed model's top-k."""
+                 top_k: int = Query(5, ge=1, le=100),
+                 score_threshold: float | None = Query(None, ge=0, le=1, description=(
+                     "A detector: only boxes scoring at least this (default: the version's "
+                     "own threshold)."))) -> dict[str, Any]:
+    """Body: an image or wav file, or UTF-8 text. Answers the deployed model's top-k; a
+    detector's boxes (``boxes``: label, score, x1, y1, x2, y2 in the image's pixels)."""
     with c.session() as session:
         project = get_project(session, project_id)
     if project.deployed_version is None:
@@ -136,8 +175,18 @@ async def try_it(request: Request, project_id: Id, c: Ctx,
             raise PayloadTooLarge(f"try it: more than {TRY_MAX_BYTES} bytes")
     if not body:
         raise InvalidInput("try it: the request body is empty; send an image, a wav or text")
+    if project.kind == DETECTION:
+        boxes = await run_in_threadpool(_detect, c, project, body, score_threshold)
+        return {"version": project.deployed_version, "boxes": boxes}
     top = await run_in_threadpool(c.serving.predict, project.slug, body, top_k)
     return {"version": project.deployed_version, "top": top}
+
+
+def _detect(c: AppContext, project: Project, body: bytes,
+            score_threshold: float | None) -> list[dict[str, Any]]:
+    assert project.deployed_version is not None
+    ref = ModelRepository(c.settings.models_dir).version(project.slug, project.deployed_version)
+    return c.serving.detect(project.slug, body, list(ref.metadata().labels), score_threshold)
 
 
 @router.get("/projects/{project_id}/sdk")

@@ -15,8 +15,9 @@ from sqlalchemy import func, select
 
 from ..errors import Conflict, InvalidInput, NotFound
 from .context import BUSY, MAX_ID, AppContext, Ctx, Id, get_project, unique_slug
-from .dataset import data_check, files_dir, label_counts, project_dir
+from .dataset import data_check, files_dir, item_counts, item_path, project_dir
 from .db import Item, Job, Project, RetiredSlug
+from .detection import DETECTION, images_dir, ingest_detection_file, ingest_detection_zip
 from .uploads import UNLABELED, UploadResult, check_label, ingest_file, ingest_zip, receive
 
 router = APIRouter(prefix="/api", tags=["projects and data"])
@@ -25,6 +26,9 @@ router = APIRouter(prefix="/api", tags=["projects and data"])
 class NewProject(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     task: Literal["image", "sound", "text"] = "image"
+    kind: Literal["classification", "detection"] = Field("classification", description=(
+        "classification: one label per item; detection: labelled boxes on images (the task "
+        "must be image)."))
 
 
 class ProjectPatch(BaseModel):
@@ -37,7 +41,7 @@ class LabelPatch(BaseModel):
 
 def _summary(c: AppContext, project: Project) -> dict[str, Any]:
     with c.session() as session:
-        counts = label_counts(session, project.id)
+        counts = item_counts(session, project)
         jobs = session.scalar(select(func.count()).select_from(Job)
                               .where(Job.project_id == project.id))
     return {**project.to_json(), "counts": counts, "items": sum(counts.values()), "jobs": jobs}
@@ -52,12 +56,18 @@ def list_projects(c: Ctx) -> list[dict[str, Any]]:
 
 @router.post("/projects", status_code=201)
 def create_project(body: NewProject, c: Ctx) -> dict[str, Any]:
+    if body.kind == DETECTION and body.task != "image":
+        raise InvalidInput(f"task {body.task!r}: object detection works on images; "
+                           "expected task 'image'")
     with c.session() as session:
-        project = Project(name=body.name.strip(), task=body.task,
+        project = Project(name=body.name.strip(), task=body.task, kind=body.kind,
                           slug=unique_slug(session, c.settings, body.name))
         session.add(project)
         session.flush()
-    files_dir(c.settings, project.id)
+    if project.kind == DETECTION:
+        images_dir(c.settings, project.id)
+    else:
+        files_dir(c.settings, project.id)
     return _summary(c, project)
 
 
@@ -132,16 +142,23 @@ async def upload(request: Request, project_id: Id, c: Ctx,
 
 def _ingest(c: AppContext, project_id: int, path: Path, filename: str,
             label: str | None) -> UploadResult:
-    folder = files_dir(c.settings, project_id)
     written: list[Path] = []
     try:
         with c.session() as session:
             project = get_project(session, project_id)
-            if filename.lower().endswith(".zip"):
-                result = ingest_zip(session, project, path, filename, c.settings, folder,
-                                    written)
+            zipped = filename.lower().endswith(".zip")
+            if project.kind == DETECTION and zipped:
+                result = ingest_detection_zip(session, project, path, filename, c.settings,
+                                              written)
+            elif project.kind == DETECTION:
+                result = ingest_detection_file(session, project, path, filename, c.settings,
+                                               written)
+            elif zipped:
+                result = ingest_zip(session, project, path, filename, c.settings,
+                                    files_dir(c.settings, project_id), written)
             else:
-                result = ingest_file(session, project, path, filename, label, folder, written)
+                result = ingest_file(session, project, path, filename, label,
+                                     files_dir(c.settings, project_id), written)
             project.data_revision += 1
             return result
     except BaseException:  # the rows are rolled back: remove the files this upload wrote
@@ -152,19 +169,23 @@ def _ingest(c: AppContext, project_id: int, path: Path, filename: str,
 
 @router.get("/projects/{project_id}/items")
 def list_items(project_id: Id, c: Ctx, label: str | None = Query(
-        None, description=f"Only this label ({UNLABELED!r}: the unlabeled items)."),
+        None, description=f"Only this label ({UNLABELED!r}: the unlabeled items; in a "
+                          "detection project 'labelled' or 'unlabeled')."),
                offset: int = Query(0, ge=0, le=MAX_ID), limit: int = Query(200, ge=1, le=1000)
                ) -> dict[str, Any]:
     with c.session() as session:
-        get_project(session, project_id)
+        project = get_project(session, project_id)
         query = select(Item).where(Item.project_id == project_id)
-        if label == UNLABELED:
+        if project.kind == DETECTION and label in (UNLABELED, "labelled"):
+            boxes = Item.boxes
+            query = query.where(boxes.is_(None) if label == UNLABELED else boxes.is_not(None))
+        elif label == UNLABELED:
             query = query.where(Item.label.is_(None))
         elif label is not None:
             query = query.where(Item.label == label)
         total = session.scalar(select(func.count()).select_from(query.subquery()))
         items = session.scalars(query.order_by(Item.id).offset(offset).limit(limit)).all()
-        counts = label_counts(session, project_id)
+        counts = item_counts(session, project)
     return {"total": total, "items": [i.to_json() for i in items], "counts": counts}
 
 
@@ -176,6 +197,9 @@ def relabel(project_id: Id, item_id: Id, body: LabelPatch,
         item = session.get(Item, item_id)
         if item is None or item.project_id != project_id:
             raise NotFound(f"project {project_id} has no item {item_id}")
+        if project.kind == DETECTION:
+            raise InvalidInput(f"project {project.name!r} detects objects: its images get "
+                               "boxes (PUT .../images/{item}/boxes), not a label")
         new = None if body.label is None else check_label(body.label, f"item {item_id}")
         if new != item.label:
             item.label = new
@@ -186,10 +210,11 @@ def relabel(project_id: Id, item_id: Id, body: LabelPatch,
 @router.get("/projects/{project_id}/items/{item_id}/file")
 def item_file(project_id: Id, item_id: Id, c: Ctx) -> FileResponse:
     with c.session() as session:
+        project = get_project(session, project_id)
         item = session.get(Item, item_id)
         if item is None or item.project_id != project_id:
             raise NotFound(f"project {project_id} has no item {item_id}")
-    path = files_dir(c.settings, project_id) / item.stored_name
+    path = item_path(c.settings, project, item)
     if not path.is_file():
         raise NotFound(f"item {item_id}: its file is missing from the data dir")
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})

@@ -20,6 +20,13 @@ from sqlalchemy.orm import Session
 
 from ..errors import DataError
 from .db import Item, Project
+from .detection import (
+    DETECTION,
+    build_detection_snapshot,
+    detection_check,
+    detection_counts,
+    images_dir,
+)
 from .settings import AppSettings
 
 
@@ -31,6 +38,20 @@ def files_dir(settings: AppSettings, project_id: int) -> Path:
     path = project_dir(settings, project_id) / "files"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def item_path(settings: AppSettings, project: Project, item: Item) -> Path:
+    """Where the item's file is stored (a detection project keeps its images in VOC layout)."""
+    folder = (images_dir(settings, project.id) if project.kind == DETECTION
+              else files_dir(settings, project.id))
+    return folder / item.stored_name
+
+
+def item_counts(session: Session, project: Project) -> dict[str, int]:
+    """Items per label; a detection project's per state (labelled / unlabeled)."""
+    if project.kind == DETECTION:
+        return detection_counts(session, project.id)
+    return label_counts(session, project.id)
 
 
 def label_counts(session: Session, project_id: int) -> dict[str, int]:
@@ -50,7 +71,9 @@ def training_input(project: Project, snapshot: Path) -> Path:
 def build_snapshot(session: Session, settings: AppSettings, project: Project,
                    dest: Path) -> dict[str, int]:
     """Hard-link every labeled item into ``dest`` (text: write one ``label<TAB>text`` TSV);
-    returns per-label counts."""
+    returns per-label counts. A detection project: its labelled images in VOC layout."""
+    if project.kind == DETECTION:
+        return build_detection_snapshot(session, settings, project, dest)
     items = session.scalars(select(Item).where(Item.project_id == project.id,
                                                Item.label.is_not(None))).all()
     labels = sorted({i.label for i in items if i.label})
@@ -90,15 +113,18 @@ def data_check(session: Session, settings: AppSettings, project: Project) -> dic
     work = project_dir(settings, project.id) / f"check-{project.data_revision}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        build_snapshot(session, settings, project, work)
-        if project.task == "image":
+        if project.kind == DETECTION:
+            findings = detection_check(session, settings, project, work)
+        elif project.task == "image":
             from .._data import check_dataset, discover  # imports Pillow/NumPy only when used
 
+            build_snapshot(session, settings, project, work)
             report = check_dataset(discover(work)).to_json()
             report["root"] = ""
             findings = {"counts": report["counts"], "issues": report["issues"],
                         "warnings": report["warnings"], "split": report["split"]}
         else:
+            build_snapshot(session, settings, project, work)
             findings = {"counts": {}, "issues": [], "warnings": [
                 f"the data check for {project.task} data runs when training starts"], "split": ""}
     except DataError as exc:

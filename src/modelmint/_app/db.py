@@ -39,18 +39,23 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(64), unique=True)  # the model name when served
     task: Mapped[str] = mapped_column(String(16))  # image / sound / text
+    # classification / detection (boxes on images: the task is then "image")
+    kind: Mapped[str] = mapped_column(String(16), default="classification",
+                                      server_default="classification")
     created: Mapped[str] = mapped_column(String(32), default=utcnow)
     data_revision: Mapped[int] = mapped_column(Integer, default=0)  # bumps on every data change
     deployed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "name": self.name, "slug": self.slug, "task": self.task,
-                "created": self.created, "data_revision": self.data_revision,
+                "kind": self.kind, "created": self.created, "data_revision": self.data_revision,
                 "deployed_version": self.deployed_version}
 
 
 class Item(Base):
-    """One uploaded file (an image, a wav, a text); ``label`` None means unlabeled."""
+    """One uploaded file (an image, a wav, a text); ``label`` None means unlabeled. In a
+    detection project ``label`` stays None and ``boxes`` counts the image's boxes (None: not
+    labelled yet; 0: labelled, nothing in it)."""
 
     __tablename__ = "items"
     __table_args__ = _NO_REUSE
@@ -63,6 +68,7 @@ class Item(Base):
     split: Mapped[str | None] = mapped_column(String(8), nullable=True)  # train / val / None
     size: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[str] = mapped_column(String(32), default=utcnow)
+    boxes: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     @property
     def stored_name(self) -> str:
@@ -70,7 +76,7 @@ class Item(Base):
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "original": self.original, "label": self.label,
-                "split": self.split, "size": self.size,
+                "split": self.split, "size": self.size, "boxes": self.boxes,
                 "url": f"/api/projects/{self.project_id}/items/{self.id}/file"}
 
 
@@ -88,6 +94,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)  # 1 + resumes
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # published version
     val_accuracy: Mapped[float | None] = mapped_column(nullable=True)
+    map50: Mapped[float | None] = mapped_column(nullable=True)  # a detector's val mAP@0.5
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[str] = mapped_column(String(32), default=utcnow)
     finished: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -97,7 +104,7 @@ class Job(Base):
                 "budget": self.budget, "max_trials": self.max_trials,
                 "attempts": self.attempts, "pid": self.pid,
                 "version": self.version,
-                "val_accuracy": self.val_accuracy, "error": self.error,
+                "val_accuracy": self.val_accuracy, "map50": self.map50, "error": self.error,
                 "created": self.created, "finished": self.finished}
 
 

@@ -83,7 +83,8 @@ class JobManager:
                     # It finished (and published) after the app that watched it had died.
                     job.status, job.error = "succeeded", None
                     job.version = int(result["version"])
-                    job.val_accuracy = result.get("val_accuracy")
+                    job.val_accuracy = _number(result.get("val_accuracy"))
+                    job.map50 = _number(result.get("map50"))
                     continue
                 job.status = "interrupted"
                 job.error = "the app stopped while this job was running; resume it"
@@ -183,7 +184,9 @@ class JobManager:
             if rc == 0 and result is not None and result.get("version") is not None:
                 job.status, job.error = "succeeded", None
                 job.version = int(result["version"])
-                job.val_accuracy = float(result["val_accuracy"])
+                # A classifier reports val_accuracy, a detector map50 (and map50_95).
+                job.val_accuracy = _number(result.get("val_accuracy"))
+                job.map50 = _number(result.get("map50"))
             elif stopped or rc == INTERRUPTED_RC or rc == -signal.SIGINT:
                 job.status = "interrupted"
                 job.error = "stopped before it finished; resume it to continue"
@@ -275,6 +278,10 @@ def _last_json(path: Path) -> dict[str, Any] | None:
             with contextlib.suppress(json.JSONDecodeError):
                 return dict(json.loads(line))
     return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _tail(path: Path, lines: int) -> list[str]:

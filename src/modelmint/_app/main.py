@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from .._serve.auth import token_matches
 from ..errors import MintError, Unauthorized
-from . import api_deploy, api_jobs, api_projects, pages
+from . import api_boxes, api_deploy, api_jobs, api_projects, pages
 from .auth import COOKIE, load_or_create_token, make_guard
 from .context import AppContext
 from .db import make_engine, migrate, session_factory
@@ -71,6 +71,7 @@ def create_app(settings: AppSettings, console: Console | None = None) -> FastAPI
     app.middleware("http")(make_guard(token))
     app.add_middleware(Edge, allowed=allowed_hosts(settings))  # added last: runs first
     app.include_router(api_projects.router)
+    app.include_router(api_boxes.router)
     app.include_router(api_jobs.router)
     app.include_router(api_deploy.router)
     app.include_router(pages.router)

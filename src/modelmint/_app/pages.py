@@ -39,5 +39,7 @@ def project_tab(request: Request, project_id: Id, tab: str,
         raise NotFound(f"no page {tab!r}; pages are {', '.join(TABS)}")
     with c.session() as session:
         project = get_project(session, project_id)
-    return templates.TemplateResponse(request, f"{tab}.html", {
+    # A detection project labels boxes on one image at a time: a page of its own.
+    page = "boxes" if tab == "label" and project.kind == "detection" else tab
+    return templates.TemplateResponse(request, f"{page}.html", {
         "page": tab, "project": project.to_json(), "tabs": TABS})

@@ -25,7 +25,9 @@ from typing import Any
 import httpx
 
 from .._repository import CONFIG_FILE, ModelRepository
-from .._serve.v2client import V2Client, bytes_request, classifications, encoded_input
+from .._serve.types import InferResponse
+from .._serve.v2client import V2Client, bytes_request, classifications, encoded_input, output_array
+from .._tensor_names import BOXES, CLASSES, COUNT, SCORE_THRESHOLD, SCORES
 from ..errors import InvalidInput, MintError, ModelNotReady, NotFound
 from .children import ChildRecord, spawn, stop
 from .settings import AppSettings
@@ -177,22 +179,54 @@ class Serving:
 
     # --- inference -------------------------------------------------------------------------
 
-    def predict(self, slug: str, payload: bytes, top_k: int = 5) -> list[dict[str, Any]]:
+    def _client(self) -> V2Client:
         with self.v2_lock:  # requests run on a thread pool: make one client, not several
             if self.v2 is None:
                 self.v2 = V2Client(self.url, timeout=INFER_TIMEOUT_S)
-            v2 = self.v2
+            return self.v2
+
+    def _infer_encoded(self, slug: str, payload: bytes, classification: int | None,
+                       parameters: dict[str, Any] | None = None) -> InferResponse:
+        v2 = self._client()
         try:
             name = encoded_input(v2.model_metadata(slug))
             if name is None:
                 raise InvalidInput(f"model {slug!r} takes no encoded input (BYTES) to try")
-            reply = v2.infer(slug, bytes_request(name, [payload], classification=top_k))
+            request = bytes_request(name, [payload], classification=classification)
+            request.parameters.update(parameters or {})
+            return v2.infer(slug, request)
         except InvalidInput as exc:  # the payload: not an image, sound or UTF-8 text
             raise InvalidInput(f"try it: {exc}") from None
         except MintError as exc:  # same class (HTTP status), said where it comes from
             raise type(exc)(f"model server: {exc}") from None
+
+    def predict(self, slug: str, payload: bytes, top_k: int = 5) -> list[dict[str, Any]]:
+        reply = self._infer_encoded(slug, payload, top_k)
         return [{"label": label, "index": index, "probability": score}
                 for score, index, label in classifications(reply)[0]]
+
+    def detect(self, slug: str, payload: bytes, labels: list[str],
+               score_threshold: float | None = None) -> list[dict[str, Any]]:
+        """A detector's boxes for one encoded image, in its pixels, best first (those scoring
+        at least ``score_threshold``; None: the version's own threshold)."""
+        wanted = {} if score_threshold is None else {SCORE_THRESHOLD: score_threshold}
+        reply = self._infer_encoded(slug, payload, None, wanted)
+        try:
+            count = int(output_array(reply, COUNT).reshape(-1)[0])
+            boxes = output_array(reply, BOXES)[0][:count]
+            scores = output_array(reply, SCORES)[0][:count]
+            classes = output_array(reply, CLASSES)[0][:count]
+        except (MintError, IndexError, ValueError) as exc:
+            raise MintError(f"model server: {slug!r} answered no detections ({exc})") from None
+        found = []
+        for box, score, index in zip(boxes.tolist(), scores.tolist(), classes.tolist(),
+                                     strict=True):
+            if index < 0:  # padding
+                continue
+            label = labels[index] if index < len(labels) else str(index)
+            found.append({"label": label, "index": index, "score": score,
+                          "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3]})
+        return sorted(found, key=lambda d: -d["score"])
 
     def _post(self, path: str, body: Any = None) -> Any:
         try:

@@ -42,10 +42,14 @@ class UploadResult:
     added: int = 0
     skipped: list[str] = field(default_factory=list)  # entries that are not data of this task
     labels: dict[str, int] = field(default_factory=dict)
+    format: str | None = None  # detection: the annotation format read (voc, coco, yolo)
+    findings: list[str] = field(default_factory=list)  # detection: what the reader found wrong
 
     def to_json(self) -> dict[str, object]:
         return {"added": self.added, "skipped": self.skipped[:50],
-                "skipped_count": len(self.skipped), "labels": self.labels}
+                "skipped_count": len(self.skipped), "labels": self.labels,
+                "format": self.format, "findings": self.findings[:200],
+                "findings_count": len(self.findings)}
 
 
 async def receive(chunks: AsyncIterator[bytes], dest: Path, limit: int, name: str,

@@ -14,6 +14,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 const projectId = document.body.dataset.project;
 const task = document.body.dataset.task;
+const detection = document.body.dataset.kind === "detection";
 const pct = (x) => (x == null ? "–" : (100 * x).toFixed(1) + " %");
 
 function flash(message, kind = "error") {
@@ -45,15 +46,17 @@ async function projectsPage() {
     const projects = await api("GET", "/api/projects");
     tbody.replaceChildren(...projects.map((p) => el("tr", { "data-id": p.id },
       el("td", {}, el("a", { href: `/projects/${p.id}/data`, text: p.name })),
-      el("td", { text: p.task }), el("td", { text: p.items }),
+      el("td", { text: p.kind === "detection" ? "object detection" : p.task }), el("td", { text: p.items }),
       el("td", { text: p.deployed_version ? `version ${p.deployed_version}` : "–" }),
       el("td", {}, el("a", { href: `/projects/${p.id}/train`, text: "train" })))));
     $("#no-projects").hidden = projects.length > 0;
   };
   $("#new-project").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const p = await api("POST", "/api/projects",
-      { name: $("#project-name-input").value, task: $("#project-task").value });
+    const choice = $("#project-task").value;
+    const p = await api("POST", "/api/projects", choice === "detection"
+      ? { name: $("#project-name-input").value, task: "image", kind: "detection" }
+      : { name: $("#project-name-input").value, task: choice });
     location.href = `/projects/${p.id}/data`;
   });
   await load();
@@ -112,7 +115,12 @@ async function dataPage() {
       try {
         const r = await uploadFile(file, (done, total) => { bar.value = (100 * done) / total; });
         status.textContent = `${file.name}: ${r.added} items added` +
+          (r.format ? ` (${r.format.toUpperCase()} annotations)` : "") +
           (r.skipped_count ? `, ${r.skipped_count} files skipped (not ${task} data)` : "");
+        if (detection) {
+          $("#upload-findings").replaceChildren(...r.findings.map((f) => el("li", { class: "warning", text: f })),
+            ...(r.findings_count > r.findings.length ? [el("li", { text: `… and ${r.findings_count - r.findings.length} more` })] : []));
+        }
       } catch (err) { flash(err.message); status.textContent = `${file.name}: ${err.message}`; }
     }
     bar.value = 100;

@@ -38,18 +38,22 @@ async function trainPage() {
     currentJob = job;
     $("#job-panel").hidden = false;
     $("#job-id").textContent = `#${job.id}`;
-    $("#job-status").textContent = job.status + (job.version ? ` — version ${job.version}, val accuracy ${pct(job.val_accuracy)}` : "");
+    $("#job-status").textContent = job.status + (job.version ? ` — version ${job.version}, ${headline(job)}` : "");
     $("#job-status").className = `status ${job.status}`;
     $("#job-error").hidden = !job.error;
     $("#job-error").textContent = job.error || "";
     $("#resume-job").hidden = job.status !== "interrupted";
     $("#start-training").disabled = job.status === "running";
     const epochs = job.epochs.map((r, i) => ({ ...r, n: i + 1 }));
-    lineChart($("#loss-chart"), [
-      { name: "train loss", points: epochs.map((r) => [r.n, r.train_loss]) },
-      { name: "val loss", points: epochs.map((r) => [r.n, r.val_loss]) }]);
+    // Whatever the epochs log: losses in one chart, validation scores (accuracy, mAP) in the other.
+    const keys = [...new Set(epochs.flatMap((r) => Object.keys(r).filter((k) => typeof r[k] === "number")))];
+    const series = (names) => names.map((k) => ({ name: k.replaceAll("_", " "), points: epochs.filter((r) => typeof r[k] === "number").map((r) => [r.n, r[k]]) }));
+    const losses = keys.filter((k) => k.endsWith("loss"));
+    lineChart($("#loss-chart"), series(losses.length ? losses : ["train_loss", "val_loss"]));
+    const scores = keys.filter((k) => k.startsWith("val_") && !k.endsWith("loss"));
+    $("#metric-title").textContent = scores.length ? scores.map((k) => k.replaceAll("_", " ")).join(", ") : "Validation score";
     // The fixed recipe logs epochs; a search reports each trial's validation score per step.
-    const acc = epochs.length ? [{ name: "val accuracy", points: epochs.map((r) => [r.n, r.val_accuracy]) }]
+    const acc = epochs.length ? series(scores)
       : job.trial_curves.map((c) => ({ name: `trial ${c.trial}`, points: c.points.map(([step, v]) => [step + 1, v]) }));
     lineChart($("#acc-chart"), acc.slice(0, 5), 1);
     // A finished search whose trials reported no epochs (baselines) has only its leaderboard.
@@ -68,7 +72,7 @@ async function trainPage() {
     $("#jobs tbody").replaceChildren(...jobs.map((j) => el("tr", { "data-id": j.id, class: "clickable", onclick: () => follow(j.id) },
       el("td", { text: `#${j.id}` }), el("td", { text: j.status, class: `status ${j.status}` }),
       el("td", { text: `${j.budget} s` }), el("td", { text: j.version ?? "–" }),
-      el("td", { text: pct(j.val_accuracy) }), el("td", { text: j.created }))));
+      el("td", { text: detection ? pct(j.map50) : pct(j.val_accuracy) }), el("td", { text: j.created }))));
     return jobs;
   };
   $("#start-job").addEventListener("submit", async (ev) => {
@@ -83,8 +87,14 @@ async function trainPage() {
     await api("POST", `/api/jobs/${currentJob.id}/resume`);
     follow(currentJob.id);
   });
+  if (detection) $("#metric-column").textContent = "Val mAP@0.5";
   const jobs = await listJobs();
   if (jobs.length) follow(jobs[0].id);
+}
+
+// A version's or job's headline score: a detector's mAP@0.5, a classifier's accuracy.
+function headline(m) {
+  return m.map50 != null ? `val mAP@0.5 ${pct(m.map50)}` : `val accuracy ${pct(m.val_accuracy)}`;
 }
 
 function renderLeaderboard(board) {
@@ -103,10 +113,13 @@ async function evaluatePage() {
   const select = $("#version-select");
   $("#no-versions").hidden = versions.length > 0;
   select.replaceChildren(...versions.slice().reverse().map((v) =>
-    el("option", { value: v.version, text: `version ${v.version} (${pct(v.metrics.val_accuracy)})${v.deployed ? " — deployed" : ""}` })));
+    el("option", { value: v.version, text: `version ${v.version} (${headline(v.metrics)})${v.deployed ? " — deployed" : ""}` })));
   const show = async () => {
     if (!select.value) return;
     const r = await api("GET", `/api/projects/${projectId}/versions/${select.value}/report`);
+    $("#full-report").hidden = !r.has_html;
+    $("#full-report").href = `/api/projects/${projectId}/versions/${select.value}/report.html`;
+    if (detection) { showDetectionMetrics(r.report.evaluation || {}); return; }
     const ev = r.report.evaluation;
     $("#version-summary").textContent = `accuracy ${pct(ev.accuracy)} on ${ev.samples} validation items, macro F1 ${ev.macro_f1.toFixed(3)}`;
     $("#per-class tbody").replaceChildren(...Object.entries(ev.per_class).map(([label, m]) =>
@@ -119,8 +132,6 @@ async function evaluatePage() {
     $("#misclassified").replaceChildren(...(ev.misclassified.length ? ev.misclassified.map((m) => el("figure", { class: "item" },
       m.item_id != null && task === "image" ? el("img", { src: `/api/projects/${projectId}/items/${m.item_id}/file`, alt: m.file }) : el("span", { text: m.file }),
       el("figcaption", { text: `true ${m.true}, predicted ${m.predicted} (${m.score.toFixed(2)})` }))) : [el("p", { class: "muted", text: "None: every validation item is right." })]));
-    $("#full-report").hidden = !r.has_html;
-    $("#full-report").href = `/api/projects/${projectId}/versions/${select.value}/report.html`;
     $("#profile-section").hidden = !r.profile.length;
     $("#profile").replaceChildren(...r.profile.map((a) => el("li", {},
       el("strong", { text: `[${a.severity || "info"}] ${a.title || a.rule || ""}` }),
@@ -130,11 +141,26 @@ async function evaluatePage() {
   await show();
 }
 
+function showDetectionMetrics(ev) {
+  $("#classification-report").hidden = true;
+  $("#misclassified").parentElement.hidden = true;
+  $("#detection-metrics").hidden = false;
+  $("#full-report").textContent = "Full report (predictions drawn on the validation images)";
+  $("#version-summary").textContent = `${headline(ev)} on ${ev.samples ?? "?"} validation images`;
+  const metrics = Object.entries(ev).filter(([, v]) => typeof v === "number");
+  $("#metrics-table tbody").replaceChildren(...metrics.map(([k, v]) =>
+    el("tr", {}, el("th", { text: k.replaceAll("_", " ") }), el("td", { text: k.startsWith("map") ? pct(v) : +v.toFixed(4) }))));
+  const num = (v) => (typeof v === "number" ? +v.toFixed(3) : "–");
+  $("#ap-per-class tbody").replaceChildren(...Object.entries(ev.per_class || {}).map(([label, m]) =>
+    el("tr", {}, el("td", { text: label }), el("td", { text: num(m.ap50) }), el("td", { text: num(m.ap50_95) }),
+      el("td", { text: m.boxes ?? "–" }), el("td", { text: m.detections ?? "–" }))));
+}
+
 // --- deploy and try ------------------------------------------------------------------------
 async function deployPage() {
   const versions = await api("GET", `/api/projects/${projectId}/versions`);
   $("#deploy-version").replaceChildren(...versions.slice().reverse().map((v) =>
-    el("option", { value: v.version, text: `version ${v.version} (${pct(v.metrics.val_accuracy)})` })));
+    el("option", { value: v.version, text: `version ${v.version} (${headline(v.metrics)})` })));
   $("#sdk-link").href = `/api/projects/${projectId}/sdk`;
   let timer = null;
   const refresh = async () => {
@@ -165,7 +191,17 @@ async function deployPage() {
     await refresh();
   });
   const predict = async (body, preview) => {
-    const r = await api("POST", `/api/projects/${projectId}/predict?top_k=5`, body, true);
+    const minScore = detection ? $("#try-min-score").value : "";
+    const r = await api("POST", `/api/projects/${projectId}/predict?top_k=5` +
+      (minScore !== "" ? `&score_threshold=${Number(minScore)}` : ""), body, true);
+    if (detection) {
+      $("#try-score-column").textContent = "Score";
+      await drawDetections($("#try-canvas"), body, r.boxes);
+      $("#try-result tbody").replaceChildren(...r.boxes.map((b) => el("tr", {}, el("td", { text: b.label }),
+        el("td", { text: `${b.score.toFixed(3)} at (${Math.round(b.x1)}, ${Math.round(b.y1)}) – (${Math.round(b.x2)}, ${Math.round(b.y2)})` }))));
+      if (!r.boxes.length) $("#try-result tbody").replaceChildren(el("tr", {}, el("td", { text: "nothing found" }), el("td")));
+      return;
+    }
     $("#try-preview").replaceChildren(...(preview ? [preview] : []));
     $("#try-result tbody").replaceChildren(...r.top.map((t) =>
       el("tr", {}, el("td", { text: t.label }), el("td", {}, el("meter", { min: 0, max: 1, value: t.probability }), ` ${pct(t.probability)}`))));
@@ -182,6 +218,10 @@ async function deployPage() {
       await predict(file, preview);
     });
     $("#try-input").replaceChildren(el("label", { text: `Choose ${task === "image" ? "an image" : "a sound file"}: ` }, input));
+    if (detection) {
+      $("#try-input").append(" ", el("label", { text: "Min score " }, el("input", {
+        type: "number", id: "try-min-score", min: 0, max: 1, step: 0.05, placeholder: "model's", title: "Show boxes scoring at least this (empty: the model's own threshold)" })));
+    }
   }
   const d = await refresh();
   if (d.progress && d.progress.state === "deploying") timer = setInterval(refresh, 1000);
@@ -189,5 +229,7 @@ async function deployPage() {
 
 const pages = { projects: projectsPage, data: dataPage, label: labelPage, train: trainPage,
   evaluate: evaluatePage, deploy: deployPage };
+// A detection project labels boxes (boxes.js, loaded on its pages only).
+if (detection) pages.label = boxesPage;
 const run = pages[document.body.dataset.page];
 if (run) run().catch((err) => console.error(err));
