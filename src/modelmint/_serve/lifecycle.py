@@ -12,7 +12,9 @@ order, on a loader thread, never on the request path:
 3. READY: the workers are raised to normal priority, then the served set is replaced in one
    assignment (the atomic switch);
 4. the versions no longer wanted go DRAINING (no new requests, in-flight ones finish), then
-   UNLOADED (worker stopped).
+   UNLOADED (worker stopped), and are then forgotten with their metrics: the index reports
+   one still on disk as not selected by the policy, and a server updated every few seconds
+   holds the same state after a thousand updates as after one.
 
 A version that fails at 1-2 is FAILED with a reason and never takes traffic; while any wanted
 version is not READY nothing is unloaded, so the old version keeps serving.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._repository import ModelConfig, ModelRepository, VersionRef
 from ..errors import InvalidInput, MintError, NotFound, RepositoryError
+from .decoding import release_free_memory
 from .instances import RESTARTING
 from .reporting import IGNORED, LogOnce, index_entry, index_order
 from .warmup import warmup
@@ -158,14 +161,31 @@ class Lifecycle:
                 elif s.state in SERVING:
                     s.config = config
             if all(current[v].state == READY for v in wanted):
+                unloaded = False
                 for version, s in list(current.items()):
                     if version not in wanted and s.state in SERVING:
                         self._unload(s)
                         self._publish(model)
+                        unloaded = True
+                if unloaded:
+                    # What the old version held is free now; without this glibc keeps the freed
+                    # pages in its per-thread arenas and the RSS creeps up update after update
+                    # (~5 % of a 100 MB server under mixed traffic). A few ms, once per update.
+                    release_free_memory()
             for version, s in list(current.items()):
-                if version not in refs and s.state in (UNLOADED, FAILED):
-                    del current[version]  # gone from disk: nothing left to report
+                # An unloaded version is forgotten (the index reports one still on disk as not
+                # selected by the policy); a failed one only once gone from disk, its reason
+                # being worth reporting until then. Otherwise every hot update would keep one
+                # more version, its metadata and its metrics, for the server's lifetime.
+                if s.state == UNLOADED or (version not in refs and s.state == FAILED):
+                    del current[version]
+                    self._forget_metrics(s)
             return wanted
+
+    def _forget_metrics(self, s: Servable) -> None:
+        setter = getattr(self.hooks(), "set_state", None)
+        if setter is not None:
+            setter(s.ref.model, str(s.version), UNLOADED.lower())
 
     def _load(self, s: Servable) -> None:
         where = f"model {s.ref.model!r} version {s.version}"

@@ -9,6 +9,10 @@ Every request is recorded in one place, :func:`observed` around ``DataPlane.infe
 (V2 and TF Serving REST) and gRPC are counted identically. Each server owns its own
 :class:`Metrics` (its own ``CollectorRegistry``, never the process-global one): several servers
 in one process (tests, benchmarks) would otherwise share or collide on series.
+
+A version's series and window live as long as the version: unloading it removes them, so a
+server that is hot-updated every few seconds for days keeps a constant number of series (and
+``/metrics`` a constant size) instead of one more set of ~330 histogram buckets per update.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +58,10 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96
 WINDOW_S = 60.0
 WINDOW_MAX = 10_000
 QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.999}
+# Unloaded versions remembered so that a request answered just after its version was unloaded
+# (it finished draining a moment before it was recorded) cannot bring their series back. Only
+# the most recent ones: a late answer comes within moments of the unload.
+FORGOTTEN_MAX = 64
 _TIMINGS = ("queue_s", "compute_s")
 
 
@@ -118,48 +126,80 @@ class Metrics:
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._states: dict[tuple[str, str], str] = {}
+        self._errors: dict[tuple[str, str], set[str]] = {}  # failure labels in use, by version
+        self._forgotten: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # --- recording ---------------------------------------------------------------------------
 
     def observe_request(self, model: str, version: str, ok: bool, total_s: float,
                         timings: dict[str, float] | None = None, error: str = "") -> None:
         """One finished request. ``timings`` may hold ``queue_s``, ``compute_s`` and
-        ``batch_size`` (filled by the execution path); failures only count."""
-        self.requests.labels(model, version).inc()
+        ``batch_size`` (filled by the execution path); failures only count. A request of a
+        version unloaded meanwhile is not recorded: its series are gone with it."""
+        key = (model, version)
         now = time.monotonic()
-        if not ok:
-            self.failures.labels(model, version, error or "error").inc()
-            if model:
-                with self._lock:
-                    self._window(model, version).failures.append(now)
-            return
-        timings = timings or {}
-        self.total.labels(model, version).observe(total_s)
-        row = [now, total_s]
-        for key, histogram in zip(_TIMINGS, (self.queue, self.compute), strict=True):
-            value = timings.get(key)
-            row.append(math.nan if value is None else value)
-            if value is not None:
-                histogram.labels(model, version).observe(value)
-        if "batch_size" in timings:
-            self.batch.labels(model, version).observe(timings["batch_size"])
+        # Under the lock: an unload removing this version's series cannot interleave with
+        # their re-creation here.
         with self._lock:
+            if key in self._forgotten:
+                return
+            self.requests.labels(model, version).inc()
+            if not ok:
+                label = error or "error"
+                self.failures.labels(model, version, label).inc()
+                self._errors.setdefault(key, set()).add(label)
+                if model:
+                    self._window(model, version).failures.append(now)
+                return
+            timings = timings or {}
+            self.total.labels(model, version).observe(total_s)
+            row = [now, total_s]
+            for name, histogram in zip(_TIMINGS, (self.queue, self.compute), strict=True):
+                value = timings.get(name)
+                row.append(math.nan if value is None else value)
+                if value is not None:
+                    histogram.labels(model, version).observe(value)
+            if "batch_size" in timings:
+                self.batch.labels(model, version).observe(timings["batch_size"])
             self._window(model, version).rows.append((row[0], row[1], row[2], row[3]))
 
     def observe_load(self, model: str, version: str, load_s: float, warmup_s: float) -> None:
-        self.load.labels(model, version).set(load_s)
-        self.warmup.labels(model, version).set(warmup_s)
+        with self._lock:
+            if (model, version) in self._forgotten:
+                return
+            self.load.labels(model, version).set(load_s)
+            self.warmup.labels(model, version).set(warmup_s)
 
     def set_state(self, model: str, version: str, state: str) -> None:
         """The lifecycle state of a version (e.g. loading, ready, failed); "unloaded" removes
-        it, so the gauge lists exactly the versions the server still knows."""
+        it and every series and recent request of that version, so the server exposes exactly
+        the versions it still knows."""
+        key = (model, version)
         with self._lock:
-            old = self._states.pop((model, version), None)
+            old = self._states.pop(key, None)
             if old is not None:
                 self.versions.remove(model, version, old)
-            if state.lower() != "unloaded":
-                self._states[(model, version)] = state
-                self.versions.labels(model, version, state).set(1)
+            if state.lower() == "unloaded":
+                self._forget(key)
+                return
+            self._forgotten.pop(key, None)  # loaded again
+            self._states[key] = state
+            self.versions.labels(model, version, state).set(1)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Remove every series and the window of one version (lock held)."""
+        for metric in (self.requests, self.total, self.queue, self.compute, self.batch,
+                       self.load, self.warmup):
+            with contextlib.suppress(KeyError):  # never observed
+                metric.remove(*key)
+        for error in self._errors.pop(key, set()):
+            with contextlib.suppress(KeyError):
+                self.failures.remove(*key, error)
+        self._windows.pop(key, None)
+        self._forgotten[key] = None
+        self._forgotten.move_to_end(key)
+        while len(self._forgotten) > FORGOTTEN_MAX:
+            self._forgotten.popitem(last=False)
 
     def _window(self, model: str, version: str) -> _Window:
         window = self._windows.get((model, version))

@@ -29,6 +29,7 @@ This module must not import torch (nor anything heavier than NumPy and onnxrunti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -124,11 +125,21 @@ def run_session(session: Any, names: list[str], batch: np.ndarray) -> list[np.nd
 def main(argv: list[str]) -> None:
     fd, onnx, shm_path, slots, slot_bytes, threads, arena, _idle, outputs = argv[:9]
     conn = Connection(int(fd))
+    size = int(slots) * int(slot_bytes)
     try:
-        session = _session(onnx, int(threads), arena == "1")
-        size = int(slots) * int(slot_bytes)
         with open(shm_path, "r+b") as f:
             shared = mmap.mmap(f.fileno(), size) if size else None
+    except OSError as exc:  # the parent gave up on us already (and removed it)
+        conn.send(("error", f"cannot map the shared memory {shm_path} ({exc})"))
+        return
+    # Mapped on both sides now (the parent mapped it before starting us): the name is no
+    # longer needed. Removed here, first thing, and not only by the parent once we answer: a
+    # parent that dies (or is stopped) while we load would otherwise leave the slots in
+    # /dev/shm, which is memory, until the next reboot.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(shm_path)
+    try:
+        session = _session(onnx, int(threads), arena == "1")
     except RepositoryError as exc:  # already says what is wrong (e.g. torch is missing)
         conn.send(("error", str(exc)))
         return
