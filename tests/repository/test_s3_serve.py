@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -45,12 +46,13 @@ def test_mint_serve_s3_hot_updates_from_the_bucket(
         bucket: Any, tiny_version: Path, copy_version: Any, tmp_path: Path) -> None:
     publisher = S3Repository(bucket.uri, cache_dir=tmp_path / "publisher")
     publisher.publish("tiny", copy_version(tiny_version))
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "modelmint.cli", "serve", bucket.uri, "--http-port",
-             str(port), "--grpc-port", "-1", "--metrics-port", "-1", "--poll", "0.5"],
+             str(port), "--grpc-port", "-1", "--metrics-port", str(metrics_port),
+             "--poll", "0.5"],
             stderr=err)  # the environment points boto3 at the moto server
     try:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -62,6 +64,10 @@ def test_mint_serve_s3_hot_updates_from_the_bucket(
         # Both versions' folders, complete, in the cache; nothing half-written left over.
         cache = tmp_path / "cache" / "s3" / bucket.name / "repo" / "tiny"
         assert sorted(p.name for p in cache.iterdir()) == ["1", "2"]
+        # What polling costs is on /metrics, by S3 operation.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'modelmint_s3_requests_total{operation="ListObjectsV2"}' in metrics
+        assert 'modelmint_s3_requests_total{operation="GetObject"}' in metrics
     finally:
         proc.terminate()
         proc.wait(30)

@@ -83,6 +83,9 @@ class DataPlane:
                  decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
         self.repo = repo if isinstance(repo, ModelRepository) else require_repo_dir(repo)
         self.metrics = metrics if metrics is not None else Metrics()  # /metrics and /stats
+        collector = getattr(self.repo, "collector", None)  # s3:// repositories count requests
+        if collector is not None:
+            self.metrics.registry.register(collector())
         self.only = None if models is None else set(models)
         self.max_batch_size = max_batch_size
         self.isolation = isolation
