@@ -69,10 +69,15 @@ def check(
     seed: Annotated[int, typer.Option(help="Seed for the 80/20 split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Report class counts, unreadable files, duplicates, leakage and outliers."""
+    """Report class counts, unreadable files, duplicates, leakage and outliers (for an
+    object-detection folder: boxes per class, repaired and dropped boxes, negatives)."""
     from ._data import check_dataset, discover
+    from ._tasks.registry import detect_task
 
     try:
+        if detect_task(data).name == "object-detection":
+            _check_detection(data, strict, seed, as_json)
+            return
         report = check_dataset(discover(data, seed=seed), strict=strict)
     except MintError as exc:
         _fail(exc)
@@ -91,6 +96,28 @@ def check(
         colour = "red" if issue.severity == "error" else "yellow"
         console.print(f"[{colour}]{issue.severity}:[/] {issue.path}: {issue.reason}")
     for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _check_detection(data: Path, strict: bool, seed: int, as_json: bool) -> None:
+    from ._data.detection_data import load_detection_data
+
+    loaded = load_detection_data(data, seed=seed, strict=strict)
+    report = loaded.extra["detection_report"]
+    if as_json:
+        _emit_json({**report, "split": loaded.split_note, "warnings": loaded.warnings})
+        return
+    console = Console()
+    table = Table(title=f"{report['root']} ({report['format'].upper()}, {loaded.split_note})")
+    for col in ("class", "boxes", "images"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in report["classes"]:
+        table.add_row(c, str(report["per_class_boxes"][c]), str(report["per_class_images"][c]))
+    console.print(table)
+    console.print(f"{report['images']} images ({report['train_images']} train, "
+                  f"{report['val_images']} val), {report['boxes']} boxes, "
+                  f"{report['negatives']} without boxes")
+    for warning in loaded.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
 
 

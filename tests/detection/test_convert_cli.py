@@ -72,3 +72,19 @@ def test_missing_source_folder_exits_2(tmp_path: Path) -> None:
                                       "--to", "voc"])
     assert result.exit_code == 2
     assert "not a folder" in result.output
+
+
+def test_check_reports_a_detection_folder(shapes: Path) -> None:
+    """``mint check`` on annotated images reports boxes per class, not folders as classes."""
+    import json
+
+    source = read_annotations(shapes)
+    result = CliRunner().invoke(app, ["check", str(shapes), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["format"] == "voc" and report["classes"] == source.classes
+    assert sum(report["per_class_boxes"].values()) == sum(len(i.boxes) for i in source.images)
+    assert report["train_images"] + report["val_images"] == 6
+    table = CliRunner().invoke(app, ["check", str(shapes)])
+    assert table.exit_code == 0 and "boxes" in table.output
+    assert all(c in table.output for c in source.classes)
