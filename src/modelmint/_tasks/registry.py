@@ -19,6 +19,7 @@ TASK_MODULES = {
     "image-classification": "modelmint._tasks.image",
     "audio-classification": "modelmint._tasks.audio",
     "text-classification": "modelmint._tasks.text",
+    "object-detection": "modelmint._tasks.detection",
 }
 
 _registered: dict[str, Task] = {}

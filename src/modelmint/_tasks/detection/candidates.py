@@ -1,0 +1,167 @@
+"""Detection candidates: MobileNetV2 + FCOS (baseline with fixed parameters, and searched) and
+MobileNetV2 + RetinaNet (searched), all trained on cached prefix features
+(:mod:`.features`) by :class:`.training.DetectorTrainer`.
+
+The search space: input size, learning rate, epochs, how many of ``features[14:18]`` stay
+frozen, the number of cached views per training image, the FPN's width and the head's depth.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..._data.dataset import TaskData
+from ..._data.detection import letterbox
+from ..._train.backbone import MOBILENET_V2
+from ..contract import Trial
+from .export import export_detector
+from .features import (
+    MAX_VIEWS,
+    is_cached,
+    letterbox_spec,
+    train_views,
+    val_geometry,
+    view_features,
+)
+from .model import C4_CUT, HEAD_CONVS, TAIL_BLOCKS, WIDTHS, Detector
+from .training import CHECKPOINT, DetectorTrainer, map50, predict
+
+TASK = "object-detection"
+INPUT_SIZES = (256, 320, 384)
+# Seconds on 2 CPU cores at 320 x 320 (scaled by the pixel count at other sizes), measured on
+# raccoon photos: the prefix per image view (decode, augment, letterbox, features[:14]) and one
+# training step per cached view (FPN 32 wide, FCOS head of 2 convolutions, the last tail block
+# fine-tuned, loss, backward; the frozen tail blocks run once per trial, not per epoch).
+PREFIX_SECONDS = 0.08
+TRAIN_SECONDS = 0.04
+MIN_EPOCHS = 2  # the least a searched trial is worth running for
+# The baseline: cheap (the plain view only, the whole tail frozen, the narrowest head), at the
+# searched trials' usual input size so that they reuse its feature cache.
+BASELINE = {"input_size": 320, "lr": 2e-3, "epochs": 8, "frozen_blocks": TAIL_BLOCKS,
+            "views": 1, "width": 32, "head_convs": 1}
+# The searched FCOS trial that runs first: a known-good point of the space (raccoon: mAP@.5
+# 0.83 after 5 epochs at width 64 and 2 blocks fine-tuned; width 32 and one block cost 1/2.5).
+FIRST_FCOS = {"input_size": 320, "lr": 2e-3, "epochs": 24, "frozen_blocks": 3, "views": 3,
+              "width": 32, "head_convs": 2}
+
+
+def _scale(size: int) -> float:
+    return (size / 320) ** 2
+
+
+@dataclass
+class DetectionFitted:
+    architecture: str
+    preprocessing: dict[str, Any]
+    params: dict[str, Any]
+    model: Detector
+    predictions: list[dict[str, list[Any]]]
+    warmup: list[bytes]
+    sample: np.ndarray  # a few letterboxed val images, to check the ONNX graph against torch
+    stop_reason: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def val_predictions(self) -> list[dict[str, list[Any]]]:
+        return self.predictions
+
+    def export(self, directory: Path) -> None:
+        export_detector(self.model, directory, self.architecture, self.sample)
+
+    def warmup_payloads(self) -> list[bytes]:
+        return self.warmup
+
+
+class DetectionCandidate:
+    """One head on MobileNetV2; ``kind="baseline"`` trains fixed parameters, ``"finetune"``
+    suggests them from the trial."""
+
+    task = TASK
+
+    def __init__(self, head: str, kind: str) -> None:
+        self.head, self.kind = head, kind
+        self.name = f"mobilenet_v2/{head}" + ("-baseline" if kind == "baseline" else "")
+
+    def first_trial(self) -> dict[str, Any]:
+        return {f"{self.head}.{k}": v for k, v in FIRST_FCOS.items()} if self.head == "fcos" \
+            else {}
+
+    def suggest(self, trial: Trial | None) -> dict[str, Any]:
+        if self.kind == "baseline" or trial is None:
+            return dict(BASELINE)
+        p = f"{self.head}."
+        return {
+            "input_size": trial.suggest_categorical(p + "input_size", list(INPUT_SIZES)),
+            "lr": trial.suggest_float(p + "lr", 3e-4, 5e-3, log=True),
+            "epochs": trial.suggest_int(p + "epochs", 8, 40),
+            "frozen_blocks": trial.suggest_int(p + "frozen_blocks", 0, TAIL_BLOCKS),
+            "views": trial.suggest_int(p + "views", 1, MAX_VIEWS),
+            "width": trial.suggest_categorical(p + "width", list(WIDTHS)),
+            "head_convs": trial.suggest_categorical(p + "head_convs", list(HEAD_CONVS)),
+        }
+
+    def estimate_seconds(self, data: TaskData) -> float:
+        size = int(BASELINE["input_size"]) if self.kind == "baseline" else min(INPUT_SIZES)
+        images = len(data.train) + len(data.val)
+        prefix = 0.0 if is_cached(size) else PREFIX_SECONDS * _scale(size) * images
+        epochs = 2 if self.kind == "baseline" else MIN_EPOCHS
+        return prefix + 2.0 + epochs * TRAIN_SECONDS * _scale(size) * len(data.train)
+
+    def fit(self, data: TaskData, trial: Trial | None, deadline: float,
+            workdir: Path) -> DetectionFitted:
+        params = self.suggest(trial)
+        seed = int(data.extra.get("seed", 0))
+        size = int(params["input_size"])
+        spec = letterbox_spec(size)
+        torch.manual_seed(seed)
+        model = Detector(len(data.labels), size, self.head, int(params["width"]),
+                         int(params["head_convs"]))
+        model.freeze(int(params["frozen_blocks"]))
+        cache_dir = workdir.parent.parent / "cache"
+        val = view_features(model.prefix, data, "val", 0, size, cache_dir)
+        views = train_views(model.prefix, data, int(params["views"]), size, cache_dir, deadline,
+                            PREFIX_SECONDS * _scale(size))
+        # The frozen tail blocks run once per view here, not in every epoch.
+        val = val.with_frozen_tail(model)
+        views = [view.with_frozen_tail(model) for view in views]
+        geometry = val_geometry(data, size)
+        truth = [t for _, t in data.val]
+
+        def score(m: Detector) -> float:
+            return map50(truth, predict(m, val, geometry, spec), len(data.labels))
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        epochs = int(params["epochs"])
+        trainer = DetectorTrainer(
+            model, views, val, score, lr=float(params["lr"]), epochs=epochs, seed=seed,
+            workdir=workdir, params=params,
+            trial=trial if self.kind != "baseline" else None,
+            patience=max(4, epochs // 3), min_epochs=1 if self.kind == "baseline" else 0)
+        trainer.restore()  # a retried trial continues where it stopped
+        started = time.monotonic()
+        result = trainer.run(deadline)
+        # A finished trial is never continued: its checkpoint has served.
+        (workdir / CHECKPOINT).unlink(missing_ok=True)
+        predictions = predict(model, val, geometry, spec)
+        sample = np.stack([letterbox(data.path(f), spec)[0] for f, _ in data.val[:4]])
+        warmup = [data.path(f).read_bytes() for f, _ in data.val[:3]]
+        used = {"views_used": len(views), "epochs_run": result.epochs,
+                "best_epoch": result.best_epoch,
+                "epoch_seconds": round((time.monotonic() - started) / max(1, len(
+                    result.history)), 2) if result.history else None}
+        provenance = {"backbone": {"name": MOBILENET_V2.name,
+                                   "weights": MOBILENET_V2.weights_file,
+                                   "cut": f"features.{C4_CUT}"}, "head": self.head}
+        return DetectionFitted(f"mobilenet_v2+{self.head}", spec.to_json(), {**params, **used},
+                               model.eval(), predictions, warmup, sample, result.stop_reason,
+                               provenance)
+
+
+def detection_candidates() -> list[DetectionCandidate]:
+    return [DetectionCandidate("fcos", "baseline"), DetectionCandidate("fcos", "finetune"),
+            DetectionCandidate("retinanet", "finetune")]
