@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kserve.models
-import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
@@ -119,38 +117,16 @@ def test_deployment_runs_mint_serve_with_probes_and_a_drain() -> None:
     assert service_ports == {p["name"] for p in container["ports"]}
 
 
-def _strict(value: Any, kind: str, where: str) -> None:
-    """``value`` must fit the generated model type ``kind`` (kserve's or kubernetes'): every
-    key known, every nested object of its declared type."""
-    if kind.lower().startswith("list["):
-        assert isinstance(value, list), f"{where}: expected a list"
-        for i, item in enumerate(value):
-            _strict(item, kind[5:-1], f"{where}[{i}]")
-        return
-    if kind.lower().startswith(("dict(", "dict[")):
-        assert isinstance(value, dict), f"{where}: expected a mapping"
-        inner = kind[5:-1].split(", ", 1)[1]
-        for key, item in value.items():
-            _strict(item, inner, f"{where}.{key}")
-        return
-    simple = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
-              "datetime": str, "date": str}
-    if kind in simple:
-        assert isinstance(value, simple[kind]), f"{where}: expected {kind}, got {value!r}"
-        return
-    cls = getattr(kserve.models, kind, None) or getattr(kubernetes.client, kind)
-    assert isinstance(value, dict), f"{where}: expected a {kind} object"
-    by_key = {key: attr for attr, key in cls.attribute_map.items()}
-    for key, item in value.items():
-        assert key in by_key, f"{where}: {key!r} is not a field of {kind}"
-        _strict(item, cls.openapi_types[by_key[key]], f"{where}.{key}")
-
-
 def test_kserve_resources_match_the_kserve_models() -> None:
     runtime = documents(DEPLOY / "kserve" / "servingruntime.yaml")[0]
     service = documents(DEPLOY / "kserve" / "inferenceservice.yaml")[0]
-    _strict(runtime, "V1alpha1ServingRuntime", "ServingRuntime")
-    _strict(service, "V1beta1InferenceService", "InferenceService")
+    # In a process of its own: kserve registers its own copy of the V2 protos, whose names
+    # clash with the server's in one interpreter.
+    check = subprocess.run([sys.executable, str(Path(__file__).with_name("kserve_models.py")),
+                            str(DEPLOY / "kserve" / "servingruntime.yaml"),
+                            str(DEPLOY / "kserve" / "inferenceservice.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr[-2000:]
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
     assert service["apiVersion"] == "serving.kserve.io/v1beta1"
     (container,) = runtime["spec"]["containers"]
