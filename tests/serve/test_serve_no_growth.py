@@ -158,3 +158,37 @@ def test_a_starting_workers_shared_memory_is_not_left_behind(repo: Path) -> None
         assert executor.run(BATCH).result(30)["probabilities"].shape == (1, 2)  # still served
     finally:
         executor.close()
+
+
+def test_thread_count_does_not_follow_the_busiest_moment(repo: Path) -> None:
+    """The threads that decode requests and do the event loop's blocking work start with the
+    server: a burst of concurrent HTTP and gRPC requests adds none."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    from live_server import full_server
+
+    def server_threads() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if not t.name.startswith("burst"))
+
+    with full_server(repo, grpc_port=0) as (server, _):
+        before = server_threads()
+
+        def burst() -> None:
+            grpc = grpcclient.InferenceServerClient(server.grpc.address)  # type: ignore[union-attr]
+            with httpx.Client(base_url=server.url) as http:
+                for _ in range(10):
+                    http.post("/v2/models/tiny/infer", content=HEADER + BATCH.tobytes(),
+                              headers=HEADERS).raise_for_status()
+                    tensor = grpcclient.InferInput("input", list(BATCH.shape), "FP32")
+                    tensor.set_data_from_numpy(BATCH)
+                    grpc.infer("tiny", [tensor])
+            grpc.close()
+
+        clients = [threading.Thread(target=burst, name=f"burst-{i}") for i in range(8)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+        assert server_threads() == before

@@ -19,7 +19,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ from .._repository import ONNX_FILE, ModelConfig, ModelRepository, require_repo_
 from .._settings import DEFAULT_DECODE_MEMORY, DEFAULT_DECODE_THREADS
 from ..errors import DeadlineExceeded, InvalidInput, ModelNotReady, NotFound, RepositoryError
 from .batching import DynamicBatcher, request_timeout_s
-from .decoding import DecodeBudget, decode_pool
+from .decoding import DecodeBudget, decode_pool, started_pool
 from .executors import Executor, ProcessExecutor, ThreadExecutor
 from .instances import GAVE_UP, InstancePool
 from .lifecycle import FAILED, READY, SERVING, UNLOADED, Lifecycle, Servable
@@ -93,8 +92,7 @@ class DataPlane:
         self._ready = False
         # Bounded and owned by us (not the event loop's default): caps memory and CPU
         # oversubscription, since every session already uses all cores for one request.
-        self._executor = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 1),
-                                            thread_name_prefix="modelmint-infer")
+        self._executor = started_pool(workers or max(2, os.cpu_count() or 1), "infer")
         # Decoding has a pool and a memory budget of its own (see .decoding): N concurrent
         # large images cannot multiply the memory, whatever the number of cores.
         self.decode_budget = DecodeBudget(decode_memory)

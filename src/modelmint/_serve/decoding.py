@@ -68,11 +68,23 @@ class DecodeBudget:
                 release_free_memory()
 
 
+def started_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A pool with all its ``threads`` running from the start. ThreadPoolExecutor starts its
+    threads one busy moment at a time, so a server's thread count would keep creeping up to
+    its bound through a long run; started at once, it is flat from the first request."""
+    if threads < 1:
+        raise ValueError(f"{name} threads must be at least 1, got {threads}")
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"modelmint-{name}")
+    # Each task holds its thread until all are running, so each submit starts a new one.
+    barrier = threading.Barrier(threads)
+    for done in [pool.submit(barrier.wait) for _ in range(threads)]:
+        done.result()
+    return pool
+
+
 def decode_pool(threads: int) -> ThreadPoolExecutor:
     """The threads that validate, decode and preprocess requests."""
-    if threads < 1:
-        raise ValueError(f"decode threads must be at least 1, got {threads}")
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="modelmint-decode")
+    return started_pool(threads, "decode")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -17,6 +17,7 @@ its own deadline, see :mod:`.server`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio.to_thread
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -197,9 +198,9 @@ class _Handlers:
         body = await self.body(request)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
         # JSON decoding of a 16 MiB body takes a while: keep it off the event loop.
-        infer_request = await anyio.to_thread.run_sync(decode_request, body, header_length)
+        infer_request = await asyncio.to_thread(decode_request, body, header_length)
         result = await self.dataplane.infer(model, version, infer_request)
-        payload, json_length = await anyio.to_thread.run_sync(encode_response, result,
+        payload, json_length = await asyncio.to_thread(encode_response, result,
                                                               infer_request)
         if json_length is None:
             return Response(payload, media_type="application/json")
@@ -214,7 +215,7 @@ class _Handlers:
         # 404/503 before reading a large body; the signature maps unnamed values to inputs.
         signature = self.dataplane.model_metadata(model, version)["inputs"]
         body = await self.body(request)
-        infer_request, rows = await anyio.to_thread.run_sync(tfserving.decode_predict, body,
+        infer_request, rows = await asyncio.to_thread(tfserving.decode_predict, body,
                                                              signature)
         result = await self.dataplane.infer(model, version, infer_request)
         return JSONResponse(tfserving.encode_predict(result, rows))
@@ -245,13 +246,13 @@ class _Handlers:
     async def repository_load(self, request: Request) -> Response:
         decode_repository_options(await self.body(request), LOAD_PARAMETERS)
         # Loading takes seconds (worker start, warm-up): a thread, never the event loop.
-        await anyio.to_thread.run_sync(self.dataplane.repository_load,
+        await asyncio.to_thread(self.dataplane.repository_load,
                                        request.path_params["model"])
         return JSONResponse({})
 
     async def repository_unload(self, request: Request) -> Response:
         decode_repository_options(await self.body(request), UNLOAD_PARAMETERS)
-        await anyio.to_thread.run_sync(self.dataplane.repository_unload,
+        await asyncio.to_thread(self.dataplane.repository_unload,
                                        request.path_params["model"])
         return JSONResponse({})
 
@@ -289,7 +290,7 @@ def create_app(repo: str | Path | ModelRepository | DataPlane,
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not dataplane.ready():
-            await anyio.to_thread.run_sync(dataplane.load)
+            await asyncio.to_thread(dataplane.load)
         try:
             yield
         finally:

@@ -34,6 +34,7 @@ from .._settings import (
 from ..errors import MintError
 from .auth import AccessPolicy, access_policy
 from .dataplane import DataPlane
+from .decoding import started_pool
 from .grpc import GrpcServer
 from .http import create_app
 from .metrics import MetricsServer
@@ -42,6 +43,10 @@ log = logging.getLogger("modelmint._serve")
 
 # Idle keep-alive connections close after this many seconds (uvicorn's default, made explicit).
 KEEP_ALIVE_S = 5
+# The event loop's threads for work kept off it (request bodies decoded and responses encoded,
+# over HTTP and gRPC; repository loads): a fixed number, started at once, so the server's
+# threads do not grow with the busiest moment it has seen.
+LOOP_THREADS = 4
 
 
 class ModelServer(uvicorn.Server):
@@ -62,6 +67,8 @@ class ModelServer(uvicorn.Server):
         self.metrics = metrics
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        pool = started_pool(LOOP_THREADS, "loop")
+        asyncio.get_running_loop().set_default_executor(pool)
         try:
             if self.grpc is not None:
                 await self.grpc.start()
@@ -73,6 +80,7 @@ class ModelServer(uvicorn.Server):
                 await self.grpc.stop()
             if self.metrics is not None:
                 await self.metrics.stop()
+            pool.shutdown(wait=False)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
