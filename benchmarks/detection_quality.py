@@ -33,6 +33,7 @@ from rich.table import Table
 
 from _common import ForeignCpu, summary
 from _mlserver import free_port, stop, wait_ready
+from modelmint._tensor_names import IMAGE_INPUT
 
 ROOT = Path(__file__).resolve().parents[1]
 RACCOON = ROOT.parent / "shared" / "data" / "raccoon"
@@ -148,7 +149,7 @@ def served_latency(repo: Path, name: str, work: Path, requests: int) -> dict[str
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, 180, model=name)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
-        tensor = httpclient.InferInput("image", [1], "BYTES")
+        tensor = httpclient.InferInput(IMAGE_INPUT, [1], "BYTES")
         tensor.set_data_from_numpy(np.asarray([buffer.getvalue()], dtype=object),
                                    binary_data=True)
         times = []

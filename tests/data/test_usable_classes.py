@@ -54,7 +54,9 @@ def test_images_beside_annotations_stop_with_what_each_folder_held(tmp_path: Pat
 def test_such_a_folder_is_never_trained_nor_published(tmp_path: Path) -> None:
     root = detection_folder(tmp_path / "voc")
     repo, runs = tmp_path / "models", tmp_path / "runs"
-    with pytest.raises(DataError, match=r"annotations/: 6 \.xml files, no images"):
+    # Annotated images are object detection's data: read as VOC, whose 6 annotation files hold
+    # no usable box, so nothing can be trained.
+    with pytest.raises(DataError, match=r"VOC layout, 0 with boxes"):
         train(TrainOptions(data=str(root), name="voc", repo=str(repo), runs_dir=str(runs),
                            budget=30, epochs=1), Console(quiet=True))
     assert not (repo / "voc").exists()

@@ -44,7 +44,8 @@ _INPUTS = {"image": (IMAGE_INPUT, "my.jpg"), "sound": (AUDIO_INPUT, "my.wav"),
 _TOP_K = 3
 
 
-def _snippets(url: str, slug: str, task: str, kind: str) -> dict[str, str]:
+def _snippets(url: str, slug: str, task: str, kind: str = "classification"
+              ) -> dict[str, str]:
     """Ready-to-paste clients: curl with the V2 JSON body, and tritonclient."""
     if kind == DETECTION:
         return _detection_snippets(url, slug)

@@ -41,8 +41,9 @@ from .._tensor_names import (
     SCORES,
 )
 from ..errors import InvalidInput, MintError, RepositoryError
-from .tensors import object_array, short
-from .types import BYTES, InferInput, InferRequest, InferResponse, Outputs
+from .tensors import short
+from .types import InferRequest, InferResponse, Outputs
+from .v2client import bytes_request
 
 # The model metadata parameter that names a detector's classes (V2 metadata has no labels).
 LABELS_PARAMETER = "labels"
@@ -134,8 +135,9 @@ class Detector:
 def detection_request(blobs: list[bytes], options: dict[str, Any]) -> InferRequest:
     """A request for the detections in encoded images; ``options``: request parameters such as
     ``score_threshold``."""
-    tensor = InferInput(IMAGE_INPUT, BYTES, [len(blobs)], object_array(list(blobs), [len(blobs)]))
-    return InferRequest(inputs=[tensor], parameters=dict(options))
+    request = bytes_request(IMAGE_INPUT, blobs)
+    request.parameters = dict(options)
+    return request
 
 
 @dataclass(frozen=True)
