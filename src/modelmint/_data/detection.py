@@ -124,19 +124,31 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0).astype(np.float32)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int | None = None
+        ) -> np.ndarray:
     """Indices of the boxes kept by greedy non-maximum suppression, best score first (ties:
-    lower index first, as torchvision's ``nms``)."""
-    order = np.argsort(-scores, kind="stable")
+    lower index first, as torchvision's ``nms``), stopping after ``limit`` kept boxes.
+
+    Each step compares one kept box with the boxes still alive, so the cost follows the kept
+    boxes and ``limit`` bounds it: a weak model leaves every one of its thousand candidates above
+    a low threshold, and a served request needs only its ``max_detections``."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ordered = boxes[order]
+    x1, y1, x2, y2 = (np.ascontiguousarray(ordered[:, j]) for j in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    alive = np.arange(order.size)
     keep: list[int] = []
-    while order.size:
-        best = int(order[0])
+    while alive.size and (limit is None or len(keep) < limit):
+        best, rest = int(alive[0]), alive[1:]
         keep.append(best)
-        if order.size == 1:
-            break
-        overlaps = box_iou(boxes[best:best + 1], boxes[order[1:]])[0]
-        order = order[1:][overlaps <= iou]
-    return np.asarray(keep, np.int64)
+        w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
+        inter = w * h
+        union = area[best] + area[rest] - inter
+        overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        alive = rest[overlap <= iou]
+    return order[np.asarray(keep, np.int64)]
 
 
 def select_detections(dense_boxes: np.ndarray, dense_scores: np.ndarray, *,
@@ -165,7 +177,7 @@ def select_detections(dense_boxes: np.ndarray, dense_scores: np.ndarray, *,
         # Class-aware NMS in one pass: boxes of different classes are moved apart so that
         # they never overlap.
         shift = (cls.astype(np.float32) * (float(np.abs(cand_boxes).max(initial=0.0)) + 1.0))
-        kept = nms(cand_boxes + shift[:, None], cand_scores, nms_iou)[:keep_n]
+        kept = nms(cand_boxes + shift[:, None], cand_scores, nms_iou, limit=keep_n)
         m = kept.size
         boxes[i, :m] = cand_boxes[kept]
         scores[i, :m] = cand_scores[kept]
