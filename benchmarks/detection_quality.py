@@ -7,10 +7,13 @@ torchvision's ``FCOS``, SGD lr 0.01 momentum 0.9, the whole network fine-tuned a
 horizontal flips) under the same wall-clock budget, best epoch kept, and (c) two trivial
 detectors that never look at the pixels (the whole image as one box; the mean training box).
 Then ``mint train`` on the generated multi-object shapes, and the served p50 latency of one
-640x480 JPEG (``mint serve`` on the published raccoon version, tritonclient over HTTP). Prints
-medians and spreads, and the CPU seconds other processes used meanwhile.
+640x480 JPEG (``mint serve`` on the published raccoon version, tritonclient over HTTP), and
+``mint optimize`` on that version: INT8 through the mAP@.5 gate against FP32 at batch 1 and 8.
+The peer runs on the first ``--peer-seeds`` seeds (its 600 s runs double the benchmark's length
+otherwise). Prints medians and spreads, and the CPU seconds other processes used meanwhile.
 
-    python benchmarks/detection_quality.py [--seeds 3] [--budget 600] [--shapes 300] [--json]
+    python benchmarks/detection_quality.py [--seeds 3] [--peer-seeds 1] [--budget 600]
+        [--shapes 300] [--json]
 """
 
 from __future__ import annotations
@@ -165,13 +168,46 @@ def served_latency(repo: Path, name: str, work: Path, requests: int) -> dict[str
             "p90_ms": round(float(np.percentile(times, 90)), 2)}
 
 
+def int8_through_the_gate(repo: Path, name: str) -> dict[str, Any]:
+    """``mint optimize`` on version 1: the gate's verdicts and FP32 vs INT8 latency."""
+    out = subprocess.run([sys.executable, "-m", "modelmint.cli", "optimize",
+                          str(repo / name / "1"), "--json"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    version = max((p for p in (repo / name).iterdir() if p.name.isdigit()),
+                  key=lambda p: int(p.name))
+    report = json.loads((version / "optimize.json").read_text())
+    rows = {r["candidate"]: r for r in report["candidates"]}
+    fp32 = rows["ort-fp32"]["latency"]
+    passed = {q["config"]["name"] for q in report["quantization"] if q["passed"]}
+
+    def speed(row: dict[str, Any]) -> dict[str, Any]:
+        return {"candidate": row["candidate"], "b1_ms": row["latency"]["b1"]["p50_ms"],
+                "b8_ms": row["latency"]["b8"]["p50_ms"],
+                "speedup_b8": round(fp32["b8"]["p50_ms"] / row["latency"]["b8"]["p50_ms"], 2)}
+    return {
+        "published": report["published"], "chosen": report["chosen"],
+        "gate": [{"config": q["config"]["name"], "passed": q["passed"],
+                  "map50_drop_points": q.get("map50_drop_points"), "reason": q.get("reason")}
+                 for q in report["quantization"]],
+        "fp32_b1_ms": fp32["b1"]["p50_ms"], "fp32_b8_ms": fp32["b8"]["p50_ms"],
+        # The INT8 graph that passed the gate, and every INT8 graph tried (failed ones too).
+        "int8": next((speed(r) for r in report["candidates"] if r["candidate"] in passed), None),
+        "int8_tried": [speed(r) for r in report["candidates"] if r["precision"] == "int8"],
+        "notes": report["notes"], "cli": {k: result.get(k) for k in ("chosen", "published")},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--peer-seeds", type=int, default=1,
+                        help="seeds the classic recipe runs on (the first ones)")
     parser.add_argument("--budget", type=float, default=600.0)
     parser.add_argument("--shapes", type=int, default=300, help="generated images (0: skip)")
     parser.add_argument("--no-peer", action="store_true", help="skip the classic recipe")
     parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--no-int8", action="store_true", help="skip mint optimize")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     console = Console(stderr=args.json)
@@ -183,7 +219,7 @@ def main() -> None:
         for seed in range(args.seeds):
             order = ("mint", "peer") if seed % 2 == 0 else ("peer", "mint")
             for who in order:
-                if who == "peer" and args.no_peer:
+                if who == "peer" and (args.no_peer or seed >= args.peer_seeds):
                     continue
                 row = mint_train(RACCOON, work / f"s{seed}", "raccoon", seed, args.budget) \
                     if who == "mint" else run_peer(RACCOON, seed, args.budget)
@@ -210,6 +246,8 @@ def main() -> None:
         first = rows["mint"][0]
         results["served"] = served_latency(Path(first["repo"]), first["name"], work,
                                            args.requests)
+        if not args.no_int8:
+            results["int8"] = int8_through_the_gate(Path(first["repo"]), first["name"])
     results["foreign_cpu_s"] = round(foreign.seconds(), 1)
     table = Table(title=f"raccoon, budget {args.budget:.0f}s, {os.cpu_count()} CPUs; foreign "
                         f"CPU during run: {results['foreign_cpu_s']:.1f}s")
@@ -227,6 +265,10 @@ def main() -> None:
         console.print(f"shapes ({args.shapes} images): mAP@.5 {results['shapes']['map50']:.3f}")
     console.print(f"served 640x480 JPEG: p50 {results['served']['p50_ms']} ms "
                   f"(p10 {results['served']['p10_ms']}, p90 {results['served']['p90_ms']})")
+    if "int8" in results:
+        q = results["int8"]
+        console.print(f"mint optimize: published {q['published']}; FP32 b8 {q['fp32_b8_ms']} ms;"
+                      f" INT8 {q['int8']}; gate {q['gate']}")
     if args.json:
         print(json.dumps(results))
 
