@@ -205,6 +205,8 @@ def main() -> None:
                         help="seeds the classic recipe runs on (the first ones)")
     parser.add_argument("--budget", type=float, default=600.0)
     parser.add_argument("--shapes", type=int, default=300, help="generated images (0: skip)")
+    parser.add_argument("--shapes-budget", type=float, default=None,
+                        help="seconds for the shapes run (default: --budget)")
     parser.add_argument("--no-peer", action="store_true", help="skip the classic recipe")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--no-int8", action="store_true", help="skip mint optimize")
@@ -242,7 +244,7 @@ def main() -> None:
 
             shapes = make_shapes(work / "shapes", images=args.shapes, seed=0)
             results["shapes"] = mint_train(shapes, work / "shapes-run", "shapes", 0,
-                                           args.budget)
+                                           args.shapes_budget or args.budget)
         first = rows["mint"][0]
         results["served"] = served_latency(Path(first["repo"]), first["name"], work,
                                            args.requests)
