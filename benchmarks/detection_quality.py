@@ -135,13 +135,33 @@ def trivial(data_root: Path, seed: int) -> dict[str, float]:
             "mean_box": float(evaluate(data, mean)["map50"])}
 
 
-def served_latency(repo: Path, name: str, work: Path, requests: int) -> dict[str, float]:
-    """p50 (and spread) of one 640x480 JPEG through ``mint serve``, tritonclient over HTTP."""
+def in_process(version: Path) -> Any:
+    """The served computation without a server: the same letterbox, an ONNX Runtime session
+    with the worker's settings, the same box selection."""
+    from modelmint._data.detection import LetterboxSpec, letterbox_batch, select_detections
+    from modelmint._serve.worker import _session
+
+    pre = json.loads((version / "modelmint.json").read_text())["preprocessing"]
+    spec = LetterboxSpec.from_json(pre)
+    session = _session(str(version / "model.onnx"), os.cpu_count() or 1, True)
+
+    def run(blob: bytes) -> Any:
+        x, _ = letterbox_batch([blob], spec)
+        dense_boxes, dense_scores = session.run(None, {"input": x})
+        return select_detections(dense_boxes, dense_scores, score_threshold=spec.score_threshold,
+                                 nms_iou=spec.nms_iou, max_detections=spec.max_detections)
+    return run
+
+
+def served_latency(repo: Path, name: str, work: Path, requests: int) -> dict[str, Any]:
+    """p50 (and spread) of one 640x480 JPEG through ``mint serve`` (tritonclient over HTTP),
+    and of the same computation in-process, alternating request by request."""
     import tritonclient.http as httpclient
 
     picture = Image.open(next((RACCOON / "images").iterdir())).convert("RGB").resize((640, 480))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=90)
+    blob = buffer.getvalue()
     port = free_port()
     log = open(work / "serve.log", "ab")  # noqa: SIM115 (lives as long as the process)
     proc = subprocess.Popen([sys.executable, "-m", "modelmint.cli", "serve", str(repo),
@@ -149,23 +169,30 @@ def served_latency(repo: Path, name: str, work: Path, requests: int) -> dict[str
                              "--metrics-port", "0"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log.close()
+    local = in_process(repo / name / "1")
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, 180, model=name)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
         tensor = httpclient.InferInput(IMAGE_INPUT, [1], "BYTES")
-        tensor.set_data_from_numpy(np.asarray([buffer.getvalue()], dtype=object),
-                                   binary_data=True)
-        times = []
+        tensor.set_data_from_numpy(np.asarray([blob], dtype=object), binary_data=True)
+        served, bare = [], []
         for i in range(requests + 5):
             t0 = time.perf_counter()
             client.infer(name, [tensor])
-            if i >= 5:  # the first few warm the session up
-                times.append((time.perf_counter() - t0) * 1000)
+            t1 = time.perf_counter()
+            local(blob)
+            t2 = time.perf_counter()
+            if i >= 5:  # the first few warm both up
+                served.append((t1 - t0) * 1000)
+                bare.append((t2 - t1) * 1000)
     finally:
         stop(proc)
-    return {"p50_ms": round(float(np.percentile(times, 50)), 2),
-            "p10_ms": round(float(np.percentile(times, 10)), 2),
-            "p90_ms": round(float(np.percentile(times, 90)), 2)}
+
+    def stats(times: list[float]) -> dict[str, float]:
+        return {"p50_ms": round(float(np.percentile(times, 50)), 2),
+                "p10_ms": round(float(np.percentile(times, 10)), 2),
+                "p90_ms": round(float(np.percentile(times, 90)), 2)}
+    return {**stats(served), "in_process": stats(bare)}
 
 
 def int8_through_the_gate(repo: Path, name: str) -> dict[str, Any]:
@@ -198,6 +225,15 @@ def int8_through_the_gate(repo: Path, name: str) -> dict[str, Any]:
     }
 
 
+def serve_only(args: argparse.Namespace) -> None:
+    foreign = ForeignCpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        results: dict[str, Any] = {
+            "served": served_latency(args.serve_only, "raccoon", Path(tmp), args.requests)}
+    results["foreign_cpu_s"] = round(foreign.seconds(), 1)
+    print(json.dumps(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -210,14 +246,20 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the classic recipe")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--no-int8", action="store_true", help="skip mint optimize")
+    parser.add_argument("--keep", type=Path, help="keep the trained repositories under DIR")
+    parser.add_argument("--serve-only", type=Path, metavar="REPO",
+                        help="only the served latency and INT8, on REPO/raccoon (e.g. kept)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.serve_only:
+        serve_only(args)
+        return
     console = Console(stderr=args.json)
     foreign = ForeignCpu()
     rows: dict[str, list[dict[str, Any]]] = {"mint": [], "peer": [], "trivial": []}
     results: dict[str, Any] = {"budget_s": args.budget, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         for seed in range(args.seeds):
             order = ("mint", "peer") if seed % 2 == 0 else ("peer", "mint")
             for who in order:
@@ -265,8 +307,9 @@ def main() -> None:
     console.print(table)
     if "shapes" in results:
         console.print(f"shapes ({args.shapes} images): mAP@.5 {results['shapes']['map50']:.3f}")
-    console.print(f"served 640x480 JPEG: p50 {results['served']['p50_ms']} ms "
-                  f"(p10 {results['served']['p10_ms']}, p90 {results['served']['p90_ms']})")
+    served = results["served"]
+    console.print(f"served 640x480 JPEG: p50 {served['p50_ms']} ms (p10 {served['p10_ms']}, "
+                  f"p90 {served['p90_ms']}); in-process p50 {served['in_process']['p50_ms']} ms")
     if "int8" in results:
         q = results["int8"]
         console.print(f"mint optimize: published {q['published']}; FP32 b8 {q['fp32_b8_ms']} ms;"
