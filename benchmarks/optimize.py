@@ -1,22 +1,26 @@
 """What ``mint optimize`` buys, against the roofline of this CPU (run by hand).
 
-For MobileNetV2, ResNet-50 (torchvision, random weights, 2 classes) and a BERT-base encoder
-(HF ``transformers`` BertModel, random weights, sequence length 128) at batch 1 and 8: p50
+For MobileNetV2, ResNet-50 (torchvision, random weights, 2 classes), a BERT-base encoder
+(HF ``transformers`` BertModel, random weights, sequence length 128) and the MiniLM text
+classifier ``mint train`` publishes (``minilm-l6+lr`` trained on SMS spam) at batch 1 and 8: p50
 latency and its spread over interleaved rounds for torch eager (all cores, and one thread),
 torch.compile (``--compile``; compile time reported), ONNX Runtime with default session
 options, OpenVINO (reads the same ONNX), INT8 (static QDQ with the CPU's types for the CNNs,
-dynamic for BERT), the partitioned program (torch.export with ONNX Runtime groups) and the graph
-``mint optimize`` publishes; FLOPs counted from the ONNX graph (2 x MACs of Conv/Gemm/MatMul),
-achieved GFLOP/s, the theoretical FP32 peak (cores x FLOP/cycle x clock, from /proc/cpuinfo
-flags) and a large-matmul peak measured in the same run; foreign CPU load while measuring.
+dynamic for BERT and MiniLM), the partitioned program (torch.export with ONNX Runtime groups)
+and the graph ``mint optimize`` publishes; FLOPs counted from the ONNX graph (2 x MACs of
+Conv/Gemm/MatMul), achieved GFLOP/s, the theoretical FP32 peak (cores x FLOP/cycle x clock,
+from /proc/cpuinfo flags) and a large-matmul peak measured in the same run; foreign CPU load
+while measuring.
 
     python benchmarks/optimize.py [--rounds 3] [--iters 5] [--images 24] [--compile]
-        [--models mobilenet_v2,resnet50,bert_base] [--no-partition] [--json]
+        [--models mobilenet_v2,resnet50,bert_base,minilm] [--texts 400] [--minilm-budget 240]
+        [--no-partition] [--json]
 
 ``mint optimize`` needs labelled images for its gate: the benchmark publishes each random CNN
 with a provenance split of the first ``--images`` hymenoptera images per split. Random weights
-make the gate's verdict meaningless for accuracy; the rows are about speed. BERT is not an
-image classifier, so its "choice" row is the FP32 graph after our passes (see bert_case).
+make the gate's verdict meaningless for accuracy; the rows are about speed. The random BERT has
+no labelled data, so its "choice" row is the FP32 graph after our passes (see bert_case); the
+trained MiniLM row is the transformer through the real gate (see minilm_case).
 """
 
 from __future__ import annotations
@@ -53,15 +57,17 @@ from modelmint._optimize.pipeline import load_labelled
 from modelmint._optimize.quantize import (
     choose_quant_config,
     cpu_features,
+    dynamic_quant_config,
     preprocess_for_quant,
     quantize_int8,
 )
 from modelmint._optimize.select import LabelledImages
 from modelmint._optimize.torch_paths import torch_runner
-from modelmint._repository import ONNX_FILE, ModelMetadata, ModelRepository
+from modelmint._repository import ONNX_FILE, WEIGHTS_FILE, ModelMetadata, ModelRepository
 from modelmint._search.publish import publish_classifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
+SMS = DATA.parent / "sms_spam" / "sms_spam.tsv"
 BATCHES = (1, 8)
 SEQ_LEN = 128
 MODELS = {"mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=2),
@@ -181,10 +187,11 @@ def image_case(name: str, args: argparse.Namespace, console: Console, tmp: Path)
 
 
 def bert_case(args: argparse.Namespace, console: Console, tmp: Path) -> Case:
-    """``mint optimize`` takes image classifiers only (its gate needs labelled images), so
-    for BERT the "choice" row is what it does without a gate: our FP32 ONNX passes, run with
-    the server's session settings; INT8 is ORT dynamic quantization (the usual for
-    transformers: weights S8 per channel, activations quantized per call)."""
+    """A random encoder has no labelled data for ``mint optimize``'s gate (the minilm row is a
+    trained transformer through it), so for BERT the "choice" row is what it does without a
+    gate: our FP32 ONNX passes, run with the server's session settings; INT8 is ORT dynamic
+    quantization (the usual for transformers: weights S8 per channel, activations quantized
+    per call)."""
     torch.manual_seed(0)
     net = BertEncoder().eval()
     path = tmp / "bert.onnx"
@@ -209,7 +216,54 @@ def bert_case(args: argparse.Namespace, console: Console, tmp: Path) -> Case:
                 Candidate("mint-fp32 (passes, server session)", "onnxruntime", "chosen",
                           ort_runner(ort_session(str(tmp / "bert-passes.onnx")), "hidden")),
                 {"chosen": "fp32 passes (no gate data for INT8)", "published": "n/a",
-                 "reason": "mint optimize handles image classifiers only"})
+                 "reason": "random weights, no labelled data to gate INT8 on"})
+
+
+def minilm_case(args: argparse.Namespace, console: Console, tmp: Path) -> Case:
+    """The text model the platform trains with a transformer (``minilm-l6+lr``: the
+    all-MiniLM-L6-v2 encoder, mean pooling, a logistic-regression head; one FP32 input of token
+    ids and attention mask, [N, 2, 128]), trained by the search on ``--texts`` SMS messages
+    (evenly spaced through the file, ~13 % spam) and optimized by ``mint optimize`` behind the
+    same gate as every version: its own labelled texts. The INT8 row is the dynamic variant
+    ``mint optimize`` tries first."""
+    from safetensors.torch import load_file
+
+    from modelmint._search.options import TrainOptions
+    from modelmint._search.run import train
+    from modelmint._tasks.text.minilm import EncoderClassifier, load_minilm
+
+    console.print(f"[bold]minilm[/]: mint train on {args.texts} SMS texts, mint optimize ...")
+    header, *lines = SMS.read_text(encoding="utf-8").splitlines()
+    picked = [lines[int(i)] for i in np.linspace(0, len(lines) - 1, min(args.texts, len(lines)))]
+    (tmp / "sms.tsv").write_text("\n".join([header, *picked]) + "\n", encoding="utf-8")
+    trained = train(TrainOptions(data=str(tmp / "sms.tsv"), name="minilm",
+                                 repo=str(tmp / "text-models"), runs_dir=str(tmp / "runs"),
+                                 budget=args.minilm_budget, candidates=["minilm-l6+lr"],
+                                 max_trials=1), Console(quiet=True))
+    version = Path(str(trained.version_dir))
+    result = optimize(version, rounds=1, iters=2)
+    state = load_file(str(version / WEIGHTS_FILE))
+    net = EncoderClassifier(load_minilm(), nn.Linear(*state["head.weight"].shape[::-1])).eval()
+    net.load_state_dict(state, strict=True)
+    data = load_labelled(ModelMetadata.load(version))
+    assert data is not None, "the trained version records its texts"
+    rows = data.images[data.is_val] if data.is_val.any() else data.images
+    sample = np.ascontiguousarray(np.resize(rows, (max(BATCHES), *rows.shape[1:])))
+    config = dynamic_quant_config(cpu_features())
+    preprocess_for_quant(onnx.load(str(version / ONNX_FILE)), tmp / "minilm-prepared.onnx")
+    quantize_int8(tmp / "minilm-prepared.onnx", tmp / "minilm-int8.onnx", data.train_images,
+                  config)
+    gate = [{"variant": q["config"]["name"], **{k: q[k] for k in ("passed", "val_accuracy",
+             "agreement_with_fp32", "reason")}} for q in result.report["quantization"]]
+    return Case("minilm", net, version / ONNX_FILE, sample, "logits",
+                Candidate(f"ort-{config.name}", "onnxruntime", "int8", ort_runner(
+                    ort_session(str(tmp / "minilm-int8.onnx")))),
+                Candidate(f"mint-choice ({result.published})", "onnxruntime", "chosen",
+                          ort_runner(ort_session(str(Path(result.path) / ONNX_FILE)))),
+                {"chosen": result.chosen, "published": result.published,
+                 "reason": result.report["reason"], "gate": gate,
+                 "val_accuracy": trained.metrics.get("val_accuracy"),
+                 "labelled_texts": len(data.labels)})
 
 
 def peers(case: Case, args: argparse.Namespace, console: Console
@@ -254,8 +308,10 @@ def peers(case: Case, args: argparse.Namespace, console: Console
 
 def bench_model(name: str, args: argparse.Namespace, console: Console, tmp: Path
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    case = bert_case(args, console, tmp) if name == "bert_base" else image_case(
-        name, args, console, tmp)
+    if name in MODELS:
+        case = image_case(name, args, console, tmp)
+    else:
+        case = {"bert_base": bert_case, "minilm": minilm_case}[name](args, console, tmp)
     candidates, extra = peers(case, args, console)
     # Conv/Gemm/MatMul FLOPs are linear in the batch; counting once at the largest batch
     # avoids shape inference at batch 1, which leaves BERT's attention shapes unknown.
@@ -286,7 +342,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--images", type=int, default=24, help="labelled images per split")
-    parser.add_argument("--models", default="mobilenet_v2,resnet50,bert_base")
+    parser.add_argument("--models", default="mobilenet_v2,resnet50,bert_base,minilm")
+    parser.add_argument("--texts", type=int, default=400,
+                        help="SMS messages the minilm row trains on (and gates over)")
+    parser.add_argument("--minilm-budget", type=float, default=240.0,
+                        help="mint train --budget of the minilm row, seconds")
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile rows (20-40 s compile per model and shape)")
     parser.add_argument("--no-partition", action="store_true",
@@ -323,6 +383,8 @@ def main() -> int:
                       f"during {c['measure_s']} s of measuring; "
                       + ", ".join(f"{k} {v}" for k, v in c.items()
                                   if k.startswith(("compile", "partition"))))
+        for g in c.get("gate", []):  # the trained rows: each INT8 variant's verdict
+            console.print(f"  {g['variant']}: {'pass' if g['passed'] else 'fail'} ({g['reason']})")
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     console.print(f"load average before {load_before}, after {load_after}")
     if args.json:

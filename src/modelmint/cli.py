@@ -152,6 +152,7 @@ def _optimize(values: dict[str, Any]) -> None:
         result = run_optimize(values["model_dir"], max_accuracy_drop=values["max_accuracy_drop"],
                               rounds=values["rounds"], iters=values["iters"],
                               include_compile=values["include_compile"],
+                              max_images=values["max_items"],
                               say=lambda msg: console.print(f"[dim]{msg}[/]"))
     except MintError as exc:
         _fail(exc)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchvision.ops import batched_nms, nms as torch_nms
+from torchvision.ops import batched_nms
+from torchvision.ops import nms as torch_nms
 
 from modelmint._data.detection import nms, select_detections
 

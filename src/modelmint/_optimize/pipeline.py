@@ -3,8 +3,11 @@
 The published version is the source version with ``model.onnx`` replaced by the chosen graph,
 an ``optimization`` section added to ``modelmint.json`` and the full report in
 ``optimize.json``; the server loads it like any other version. Classifiers and object detectors
-share the flow; what differs (their images, outputs, accuracy gate, recorded metrics) is their
-:class:`~.select.Gate`.
+share the flow, image, sound and text classifiers alike (their labelled items are read per
+preprocessing kind by :mod:`.labelled`); what differs (their inputs, outputs, accuracy gate,
+recorded metrics) is their :class:`~.select.Gate`. Which INT8 methods are tried depends on the
+graph (:func:`~.quantize.quant_plan`: static for convolutional graphs; dynamic, then static, for
+transformers and other conv-free graphs), each behind the same gate.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .._data.preprocess import preprocess
 from .._repository import (
     METADATA_FILE,
     ONNX_FILE,
@@ -30,25 +32,32 @@ from .._repository import (
     VersionRef,
     resolve_version,
 )
+from .._tensor_names import TENSOR_INPUT
 from ..errors import DataError, InvalidInput, RepositoryError
 from . import passes_onnx
 from .detection_gate import DETECTION_TASK, DetectorGate, load_detection_images
+from .labelled import load_labelled
 from .measure import Candidate, Timing, measure, ort_session
 from .openvino_path import openvino_candidates
 from .quantize import (
+    STATIC,
     QuantConfig,
-    choose_quant_config,
     cpu_features,
     preprocess_for_quant,
+    quant_plan,
     quantize_int8,
+    quantized_nodes,
 )
-from .select import ClassifierGate, Gate, GateResult, LabelledImages, choose
+from .select import ClassifierGate, Gate, GateResult, choose
 from .torch_paths import torch_candidates
 
 REPORT_FILE = "optimize.json"
 FP32_TOLERANCE = 1e-3  # max output difference allowed for an FP32 rewrite (see Gate.difference)
 BATCHES = (1, 8)
-MAX_CALIBRATION = 128  # images; MinMax ranges are stable well before this on small models
+MAX_CALIBRATION = 128  # items; MinMax ranges are stable well before this on small models
+# V2 datatypes of a graph's tensor inputs, as ONNX element types.
+ONNX_TYPES = {"FP32": onnx.TensorProto.FLOAT, "FP16": onnx.TensorProto.FLOAT16,
+              "INT64": onnx.TensorProto.INT64, "INT32": onnx.TensorProto.INT32}
 
 Say = Callable[[str], None]
 
@@ -75,49 +84,55 @@ def resolve(path: str | Path) -> tuple[ModelRepository, VersionRef]:
     return resolve_version(path)
 
 
-def load_labelled(meta: ModelMetadata, limit: int | None = None) -> LabelledImages | None:
-    """The version's own split (provenance), preprocessed with its own spec."""
-    root, split = meta.provenance.get("data_root"), meta.provenance.get("split") or {}
-    if not root or not split:
-        return None
-    images, labels, is_val = [], [], []
-    for part in ("train", "val"):
-        items = split.get(part, [])[:limit]
-        for rel, label in items:
-            file = Path(root) / rel
-            if not file.is_file() or label not in meta.labels:
-                continue
-            images.append(preprocess(file, meta.image_spec()))
-            labels.append(meta.labels.index(label))
-            is_val.append(part == "val")
-    if not images:
-        return None
-    return LabelledImages(np.stack(images), np.asarray(labels), np.asarray(is_val))
-
-
 def load_gate(meta: ModelMetadata, version_dir: Path, limit: int | None = None) -> Gate:
-    """The gate of the version's task, over its own labelled images."""
+    """The gate of the version's task, over its own labelled items."""
     if meta.task == DETECTION_TASK:
         detection = load_detection_images(meta, version_dir, limit)
         if detection is not None:
             return DetectorGate(detection)
     else:
-        labelled = load_labelled(meta, limit)
+        labelled = load_labelled(meta, limit, version_dir)
         if labelled is not None:
-            return ClassifierGate(labelled)
-    raise DataError(f"{version_dir}: its provenance lists no readable labelled images, so "
+            return ClassifierGate(labelled, torch_paths=meta.preprocessing.kind == "image")
+    raise DataError(f"{version_dir}: its provenance lists no readable labelled items, so "
                     "INT8 could neither be calibrated nor checked")
 
 
-def _check_contract(model: onnx.ModelProto, where: str, needed: tuple[str, ...]) -> None:
-    """What the server needs: FP32 ``input`` with a dynamic batch, the task's outputs."""
-    inputs = {i.name: i for i in model.graph.input}
+def tensor_inputs(meta: ModelMetadata) -> dict[str, str]:
+    """The graph inputs the version's signature declares (not the raw BYTES ones, which the
+    server decodes before the graph): name -> V2 datatype."""
+    inputs, _ = meta.signature
+    out = {}
+    for t in inputs:
+        if t.datatype == "BYTES":
+            continue
+        if t.datatype not in ONNX_TYPES:
+            raise RepositoryError(f"model {meta.name!r}: input {t.name!r} is {t.datatype}; "
+                                  f"mint optimize feeds {', '.join(ONNX_TYPES)} tensors")
+        out[t.name] = t.datatype
+    if list(out) != [TENSOR_INPUT]:
+        # Every gate feeds its rows as one tensor; the signature check allows nothing else.
+        raise RepositoryError(f"model {meta.name!r}: graph inputs {list(out)}; mint optimize "
+                              f"feeds the one tensor input {TENSOR_INPUT!r}")
+    return out
+
+
+def _check_contract(model: onnx.ModelProto, where: str, needed: tuple[str, ...],
+                    inputs: dict[str, str]) -> None:
+    """What the server needs: the signature's tensor inputs, each of its type with a dynamic
+    batch and none besides them, and the task's outputs."""
+    weights = {t.name for t in model.graph.initializer}
+    graph_inputs = {i.name: i for i in model.graph.input if i.name not in weights}
     outputs = {o.name for o in model.graph.output}
-    graph_in = inputs.get("input")
-    if graph_in is None or graph_in.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise RepositoryError(f"{where}: lost the FP32 'input' tensor")
-    if graph_in.type.tensor_type.shape.dim[0].dim_value:
-        raise RepositoryError(f"{where}: the batch axis is no longer dynamic")
+    for name, datatype in inputs.items():
+        graph_in = graph_inputs.get(name)
+        if graph_in is None or graph_in.type.tensor_type.elem_type != ONNX_TYPES[datatype]:
+            raise RepositoryError(f"{where}: lost the {datatype} {name!r} tensor")
+        if graph_in.type.tensor_type.shape.dim[0].dim_value:
+            raise RepositoryError(f"{where}: the batch axis of {name!r} is no longer dynamic")
+    extra = sorted(set(graph_inputs) - set(inputs))
+    if extra:
+        raise RepositoryError(f"{where}: takes inputs {extra} the version's signature lacks")
     if not set(needed) <= outputs:
         raise RepositoryError(f"{where}: outputs {sorted(outputs)} lack "
                               f"{'/'.join(sorted(set(needed) - outputs))}")
@@ -147,12 +162,13 @@ def optimize(path: str | Path, target: str = "cpu", max_accuracy_drop: float = 1
     features = cpu_features()
     log(f"optimizing {ref.model} version {ref.version} on {features.cores} cores "
         f"(VNNI: {features.vnni})")
+    inputs = tensor_inputs(meta)
     gate = load_gate(meta, ref.path, max_images)
     with tempfile.TemporaryDirectory(prefix="mint-optimize-") as tmp_name:
         tmp = Path(tmp_name)
         original = onnx.load(str(ref.path / ONNX_FILE))
         fp32, passes = passes_onnx.run_onnx_passes(original)
-        _check_contract(fp32, "fp32 passes", gate.outputs)
+        _check_contract(fp32, "fp32 passes", gate.outputs, inputs)
         onnx.save(fp32, str(tmp / "fp32.onnx"))
         base = Candidate("ort-fp32", "onnxruntime", "fp32",
                          gate.runner(ort_session(str(tmp / "fp32.onnx"))), str(tmp / "fp32.onnx"))
@@ -172,8 +188,9 @@ def optimize(path: str | Path, target: str = "cpu", max_accuracy_drop: float = 1
         quant: list[dict[str, Any]] = []
         # Variants that failed the gate are measured too: the report then shows what the
         # accuracy they lost would have bought.
+        plan = quant_plan(fp32, features)
         for cand, verdict in _int8_candidates(fp32, tmp, gate, reference, max_accuracy_drop,
-                                              choose_quant_config(features), quant, log):
+                                              plan, inputs, quant, log):
             candidates.append(cand)
             gates[cand.name] = verdict
         if not any(q["passed"] for q in quant):
@@ -223,34 +240,39 @@ def optimize(path: str | Path, target: str = "cpu", max_accuracy_drop: float = 1
 
 
 def _int8_candidates(fp32: onnx.ModelProto, tmp: Path, gate: Gate, reference: Any,
-                     max_drop: float, config: QuantConfig, quant: list[dict[str, Any]],
-                     log: Say) -> list[tuple[Candidate, GateResult]]:
-    """Quantize with the CPU's config; on a gate failure keep sensitive layers in FP32, from the
-    smallest exclusion set up, until one passes. Returns every variant tried with its gate."""
+                     max_drop: float, plan: list[QuantConfig], inputs: dict[str, str],
+                     quant: list[dict[str, Any]], log: Say
+                     ) -> list[tuple[Candidate, GateResult]]:
+    """Each method of ``plan`` with the CPU's config; on a gate failure keep sensitive layers
+    in FP32, from the smallest exclusion set up, until one passes. Returns every variant tried
+    with its gate."""
     prepared = tmp / "prepared.onnx"
     prepared_model = preprocess_for_quant(fp32, prepared)
     pool = gate.calibration_pool
     # Evenly spaced, not the first N: split lists are grouped by class, and calibrating on one
     # class (the first 128 here were 97 % ants) fits ranges to that class alone.
     calibration = pool[np.linspace(0, len(pool) - 1, min(len(pool), MAX_CALIBRATION)).astype(int)]
-    configs = [config] + [config.excluding(nodes, label) for label, nodes
-                          in gate.sensitive_nodes(prepared_model).items() if nodes]
+    sensitive = gate.sensitive_nodes(prepared_model)
     tried: list[tuple[Candidate, GateResult]] = []
-    for cfg in configs:
-        out = tmp / f"{cfg.name}.onnx"
-        model = quantize_int8(prepared, out, calibration, cfg)
-        _check_contract(model, cfg.name, gate.outputs)
-        cand = Candidate(cfg.name, "onnxruntime", "int8", gate.runner(ort_session(str(out))),
-                         str(out))
-        verdict = gate.assess(gate.predict(cand.run), reference, max_drop)
-        quant.append({"config": cfg.to_json(), "calibration_images": len(calibration),
-                      "quant_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
-                      "nodes": len(model.graph.node), **verdict.to_json()})
-        log(f"{cfg.name}: {gate.describe(verdict)} → "
-            f"{'pass' if verdict.passed else 'fail: ' + verdict.reason}")
-        tried.append((cand, verdict))
-        if verdict.passed:
-            break
+    for config in plan:
+        configs = [config] + [config.excluding(nodes, label) for label, nodes
+                              in sensitive.items() if nodes]
+        for cfg in configs:
+            out = tmp / f"{cfg.name}.onnx"
+            model = quantize_int8(prepared, out, calibration, cfg, next(iter(inputs)))
+            _check_contract(model, cfg.name, gate.outputs, inputs)
+            cand = Candidate(cfg.name, "onnxruntime", "int8",
+                             gate.runner(ort_session(str(out))), str(out))
+            verdict = gate.assess(gate.predict(cand.run), reference, max_drop)
+            quant.append({"config": cfg.to_json(),
+                          "calibration_images": len(calibration) if cfg.method == STATIC else 0,
+                          "quant_nodes": quantized_nodes(model),
+                          "nodes": len(model.graph.node), **verdict.to_json()})
+            log(f"{cfg.name}: {gate.describe(verdict)} → "
+                f"{'pass' if verdict.passed else 'fail: ' + verdict.reason}")
+            tried.append((cand, verdict))
+            if verdict.passed:
+                break
     return tried
 
 

@@ -8,7 +8,8 @@ FP32 candidates are instead checked against the original graph numerically (thei
 exact up to float rounding), so they always remain as the fallback.
 
 :class:`ClassifierGate` is this gate behind the :class:`Gate` interface ``optimize`` runs every
-task through (an object detector's is :class:`~.detection_gate.DetectorGate`).
+task through (an object detector's is :class:`~.detection_gate.DetectorGate`). It gates image,
+sound and text classifiers alike, over the rows :mod:`.labelled` reads for each kind.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ MIN_AGREEMENT = 0.98
 
 @dataclass
 class LabelledImages:
-    """Preprocessed images with their class ids; ``is_val`` marks the validation split."""
+    """Preprocessed items (images, log-mels, encoded texts: the graph's FP32 ``input`` rows)
+    with their class ids; ``is_val`` marks the validation split."""
 
-    images: np.ndarray  # [N, 3, H, W] FP32
+    images: np.ndarray  # [N, ...] FP32, e.g. [N, 3, H, W] for images
     labels: np.ndarray  # [N] int
     is_val: np.ndarray  # [N] bool
 
@@ -128,10 +130,11 @@ class ClassifierGate:
 
     task = "classification"
     outputs: tuple[str, ...] = ("logits", "probabilities")
-    torch_paths = True
 
-    def __init__(self, data: LabelledImages) -> None:
+    def __init__(self, data: LabelledImages, torch_paths: bool = True) -> None:
         self.data = data
+        # Only image classifiers can be rebuilt in torch from their weights (torch_paths.py).
+        self.torch_paths = torch_paths
 
     @property
     def images(self) -> np.ndarray:

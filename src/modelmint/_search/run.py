@@ -118,6 +118,8 @@ def _finish(opts: TrainOptions, outcome: SearchOutcome, console: Console,
                   "val": [[f, data.target_json(y)] for f, y in data.val]},
         **({"data_fingerprint": data.extra["fingerprint"]} if "fingerprint" in data.extra
            else {}),
+        # A text table's chosen columns, so that the optimizer re-reads the same ones.
+        **({"columns": data.extra["columns"]} if "columns" in data.extra else {}),
         "search": {"run_dir": str(run_dir), "trial": winner.number, "plan": board["plan"],
                    "candidate": winner.user_attrs.get("candidate"), "budget": opts.budget,
                    "trials": len(board["trials"]), "seed": opts.seed},
