@@ -25,6 +25,29 @@ def _serve(values: dict[str, Any]) -> None:
     from ._serve import run_server
 
     grpc_port, metrics_port = values["grpc_port"], values["metrics_port"]
+    if values["ray"] is not None:  # the same data plane as Ray Serve replicas
+        import sys
+
+        from ._serve.auth import access_policy
+        from ._serve.ray_serve import ReplicaOptions, serve_on_ray, shared_location
+
+        try:
+            policy, created = access_policy(
+                values["host"], values["token_file"],
+                require_token_for_inference=values["require_token_for_inference"],
+                allowed_hosts=values["allowed_host"] or (),
+                insecure_no_token=values["insecure_no_token"])
+            if created:  # shown once; afterwards it is only in the 0600 file
+                print(f"access token (also in {values['token_file']}): {policy.token}",
+                      file=sys.stderr, flush=True)
+            options = ReplicaOptions(shared_location(values["repo"]), policy,
+                                     values["max_request_bytes"], values["read_timeout"],
+                                     values["decode_memory"], values["decode_threads"])
+            serve_on_ray(options, values["ray"], values["replicas"], host=values["host"],
+                         http_port=values["http_port"], poll_interval_s=values["poll"])
+        except MintError as exc:
+            _fail(exc)
+        return
     try:
         run_server(values["repo"], host=values["host"], http_port=values["http_port"],
                    max_request_bytes=values["max_request_bytes"],

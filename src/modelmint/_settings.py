@@ -91,6 +91,11 @@ SERVE: tuple[Setting, ...] = (
             "Seconds a client has to send a request's headers, and again its body; slower "
             "HTTP requests get 408 and the connection closes (gRPC: the connection "
             "handshake).", min=0.1),
+    Setting("ray", str, None,
+            "Serve through Ray Serve on this Ray cluster (ADDRESS: 'auto' or HOST:PORT): "
+            "--replicas replicas behind Ray Serve's HTTP proxy on --host/--http-port, new "
+            "versions rolled out replica by replica (docs/deploy.md). HTTP only."),
+    Setting("replicas", int, 2, "With --ray: how many replicas serve the repository.", min=1),
 )
 
 TRAIN: tuple[Setting, ...] = (
@@ -166,6 +171,9 @@ OPTIMIZE: tuple[Setting, ...] = (
     Setting("rounds", int, 5, "Interleaved timing rounds.", min=1),
     Setting("iters", int, 5, "Timed calls per candidate, batch and round.", min=1),
     Setting("include_compile", bool, False, "Also measure torch.compile (slow to compile)."),
+    Setting("max_items", int, None,
+            "Gate on at most N of the version's labelled items (evenly spaced); unset: all. "
+            "Bounds the time a large text table's gate takes.", min=1),
     Setting("json", bool, False, "End with one JSON object.", flag="--json"),
 )
 

@@ -1,0 +1,217 @@
+"""``mint serve --ray``: the data plane as a Ray Serve deployment of N replicas on an existing
+Ray cluster, updated by the rolling protocol of :mod:`.rollout`.
+
+Each replica is a :class:`ServeReplica`: the server's V2 HTTP app (:func:`.http.create_app`,
+access control included) over a :class:`.replica.ReplicaDataPlane`, mounted with
+``serve.ingress`` so Ray Serve's HTTP proxy hands it every request unchanged: ``tritonclient``
+and ``mint predict --url`` see the same protocol as from ``mint serve``. gRPC and the metrics
+port are not served this way (docs/deploy.md says why).
+
+Ray is imported here only, and this module only by ``mint serve --ray``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._repository import open_repository
+from .._repository.s3 import is_s3_uri
+from .._settings import (
+    DEFAULT_DECODE_MEMORY,
+    DEFAULT_DECODE_THREADS,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+)
+from ..errors import MintError
+from .auth import AccessPolicy
+from .replica import ReplicaDataPlane, ReplicaSync
+from .rollout import RolloutCoordinator
+
+log = logging.getLogger("modelmint._serve")
+
+APP_NAME = "modelmint"
+NAMESPACE = "modelmint"
+STARTUP_TIMEOUT_S = 600.0  # a new replica loading the committed versions (object store down?)
+SYNC_TIMEOUT_S = 30.0
+
+
+def coordinator_name(app_name: str) -> str:
+    """The rollout coordinator's actor name (namespace :data:`NAMESPACE`)."""
+    return f"{app_name}-rollout"
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """What every replica is built with (sent to each by Ray Serve)."""
+
+    repo: str
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    decode_memory: int = DEFAULT_DECODE_MEMORY
+    decode_threads: int = DEFAULT_DECODE_THREADS
+
+
+class ServeReplica:
+    """One Ray Serve replica (see the module docstring). The constructor returns once the
+    replica routes the committed versions, so Ray Serve sends it nothing before."""
+
+    def __init__(self, options: ReplicaOptions, coordinator_actor: str) -> None:
+        import ray
+
+        # Any: Ray types actor methods as plain functions, not as their .remote() calls.
+        coordinator: Any = ray.get_actor(coordinator_actor, namespace=NAMESPACE)
+        get: Any = ray.get
+
+        def sync(replica_id: str, report: dict[str, Any]) -> dict[str, Any]:
+            result: dict[str, Any] = get(coordinator.sync.remote(replica_id, report),
+                                         timeout=SYNC_TIMEOUT_S)
+            return result
+
+        def load_model(model: str) -> dict[str, Any]:
+            result: dict[str, Any] = get(coordinator.repository_load.remote(model))
+            return result
+
+        self.options = options
+        self.dataplane = ReplicaDataPlane(
+            open_repository(options.repo), load_model=load_model,
+            decode_memory=options.decode_memory, decode_threads=options.decode_threads)
+        self.sync = ReplicaSync(self.dataplane, sync)
+        try:
+            self.sync.catch_up(STARTUP_TIMEOUT_S)
+        except BaseException:
+            self.sync.stop()
+            self.dataplane.close()
+            raise
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from .http import create_app
+
+        return create_app(self.dataplane, self.options.max_request_bytes,
+                          policy=self.options.policy, read_timeout_s=self.options.read_timeout_s)
+
+    def __del__(self) -> None:  # Ray Serve's graceful shutdown of the replica
+        sync = getattr(self, "sync", None)
+        if sync is not None:
+            sync.stop()
+            self.dataplane.close()
+
+
+@dataclass
+class Deployed:
+    """A running deployment: its URL, its coordinator (a Ray actor handle) and how to stop."""
+
+    url: str
+    app_name: str
+    coordinator: Any
+    replicas: int
+
+    def status(self) -> dict[str, Any]:
+        import ray
+
+        result: dict[str, Any] = ray.get(self.coordinator.status.remote())
+        return result
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.delete(self.app_name)
+        finally:
+            ray.kill(self.coordinator)
+
+
+def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
+           host: str = DEFAULT_HOST, http_port: int = DEFAULT_HTTP_PORT,
+           poll_interval_s: float = 0.0, app_name: str = APP_NAME, route_prefix: str = "/",
+           replica_cpus: float = 1.0, proxy_location: str = "EveryNode") -> Deployed:
+    """Start the coordinator and ``replicas`` replicas on the Ray cluster at ``address``
+    (None: the one this process is connected to) behind Ray Serve's HTTP proxy on
+    ``host:http_port``; returns once every replica serves the committed versions."""
+    import ray
+    from ray import serve
+
+    if replicas < 1:
+        raise MintError(f"--replicas {replicas}: expected at least 1")
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise MintError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": http_port})
+    actor_class: Any = ray.remote(RolloutCoordinator)
+    coordinator: Any = actor_class.options(
+        name=coordinator_name(app_name), namespace=NAMESPACE, num_cpus=0,
+        max_concurrency=64, max_restarts=0).remote(options.repo, poll_interval_s)
+    try:
+        ray.get(coordinator.status.remote())  # its first plan, or its error, before replicas
+        ingress = serve.ingress()(ServeReplica)
+        deployment: Any = serve.deployment(
+            ingress, name=app_name, num_replicas=replicas, max_ongoing_requests=32,
+            ray_actor_options={"num_cpus": replica_cpus},
+            graceful_shutdown_timeout_s=30,
+            # A killed replica is noticed (and replaced) within seconds, not Ray's default 10.
+            health_check_period_s=2)
+        serve.run(deployment.bind(options, coordinator_name(app_name)), name=app_name,
+                  route_prefix=route_prefix)
+        ray.get(coordinator.wait_settled.remote())
+    except BaseException:
+        ray.kill(coordinator)
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    return Deployed(f"http://{shown}:{http_port}{route_prefix.rstrip('/')}", app_name,
+                    coordinator, replicas)
+
+
+def serve_on_ray(options: ReplicaOptions, address: str, replicas: int, *, host: str,
+                 http_port: int, poll_interval_s: float) -> None:
+    """``mint serve --ray``: deploy, print the ready line, serve until SIGINT/SIGTERM, then
+    delete the deployment and its coordinator."""
+    deployed = deploy(options, address, replicas, host=host, http_port=http_port,
+                      poll_interval_s=poll_interval_s)
+    stop = threading.Event()
+    saved = {sig: signal.signal(sig, lambda *_: stop.set())
+             for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = deployed.status()
+        print(f"serving {len(status['committed'])} model(s) on {deployed.url} through Ray "
+              f"Serve ({replicas} replica(s), HTTP only)", flush=True)
+        while not stop.wait(1.0):
+            status = report_changes(status, deployed.status())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        deployed.shutdown()
+
+
+def report_changes(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """Print what the coordinator committed or rolled back since ``before`` (stderr: stdout's
+    first line stays the ready line)."""
+    for model, versions in sorted(now["committed"].items()):
+        if before["committed"].get(model) != versions:
+            print(f"model {model!r}: every replica serves version(s) {versions}",
+                  file=sys.stderr, flush=True)
+    for model, failed in sorted(now["failed"].items()):
+        for version, why in sorted(failed.items()):
+            if version not in before["failed"].get(model, {}):
+                print(f"model {model!r} version {version} rolled back on every replica: {why}",
+                      file=sys.stderr, flush=True)
+    return now
+
+
+def shared_location(repo: str) -> str:
+    """``repo`` as every node reads it: an s3:// URI as given, a folder as an absolute path
+    (replicas do not run in this process's working directory). Raises MintError when it
+    cannot be read from here."""
+    store = open_repository(repo)
+    store.check()
+    return repo if is_s3_uri(repo) else str(Path(repo).resolve())
