@@ -223,7 +223,9 @@ def test_trained_detector_optimizes(request: pytest.FixtureRequest) -> None:
         repo, name, _data = request.getfixturevalue("trained_detector")
     except pytest.FixtureLookupError:
         pytest.skip("no trained_detector fixture in this suite")
-    result = optimize(Path(repo) / name, rounds=1, iters=1, max_images=16)
+    # The gate on the real graph is what this adds to the tests above (which measure OpenVINO
+    # on the cell detector): 8 train and 8 val images, and no peer engines to compile and time.
+    result = optimize(Path(repo) / name, rounds=1, iters=1, max_images=8, include_torch=False)
     fp32 = next(r for r in result.report["candidates"] if r["candidate"] == "ort-fp32")
     assert fp32["accuracy"]["map50"] is not None
     for q in result.report["quantization"]:

@@ -20,7 +20,7 @@ def mint(*args: str) -> list[str]:
     return [sys.executable, "-m", "modelmint.cli", *args]
 
 FIRST_BUDGET = 300  # the first run is killed long before this
-RESUME_BUDGET = 30
+RESUME_BUDGET = 20  # start-up, the retried trial cut at its deadline, publishing
 # candidate + mobilenet_v2/finetune's six (lr, batch size, epochs, unfreeze, views, input size)
 FINETUNE_PARAMS = 7
 
