@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +320,28 @@ def test_any_parameters_give_detections_or_a_400(local: DataPlane, threshold: An
         return
     count = int(response.output("count").data[0])
     assert 0 <= count <= (limit if isinstance(limit, int) else MAX_DETECTIONS)
+
+
+def test_box_selection_runs_off_the_event_loop(local: DataPlane) -> None:
+    """NMS takes milliseconds per image: on the event loop it would hold every other request."""
+    servable = local.servable("shapes", None)
+    assert servable.model is not None and servable.model.detector is not None
+    detector = servable.model.detector
+    threads: list[str] = []
+    select = detector.select
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return select(*args)
+
+    async def one() -> tuple[Any, str]:
+        response = await local.infer("shapes", None, bytes_request("image", IMAGES[1:2]))
+        return response, threading.current_thread().name
+
+    detector.select = recording  # type: ignore[method-assign]
+    try:
+        response, loop_thread = asyncio.run(one())
+    finally:
+        del detector.select
+    assert int(response.output("count").data[0]) >= 1
+    assert threads and loop_thread not in threads
