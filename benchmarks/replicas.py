@@ -49,11 +49,11 @@ from _mlserver import free_port, stop, wait_ready
 from modelmint import _repository as store
 from modelmint._repository.metadata import OPSET
 from modelmint._serve.ray_serve import ReplicaOptions, deploy
+from modelmint._serve.v2client import request_json, tensor_request
 
 MODEL, WIDTH, BROKEN = "mlp", 256, b"\x00not a protobuf" * 64
 ALL_FAULTS, PORT = ("update", "broken", "kill", "outage"), 0  # PORT: Ray Serve's HTTP proxy
-BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, WIDTH], "datatype": "FP32",
-                               "data": [0.01] * WIDTH}]})
+BODY = json.dumps(request_json(tensor_request(np.full((1, WIDTH), 0.01, np.float32))))
 
 
 def write_version(tmp: Path, version: int, broken: bool = False) -> None:
