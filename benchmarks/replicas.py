@@ -174,7 +174,8 @@ def peer(bucket: str, replicas: int) -> System:
     def run(version: int) -> None:
         app = serve.deployment(Peer, name="peer", num_replicas=replicas,
                                ray_actor_options={"num_cpus": 0.25},
-                               max_constructor_retry_count=3, health_check_period_s=2)
+                               max_constructor_retry_count=3, health_check_period_s=2,
+                               logging_config={"enable_access_log": False})  # as ours
         serve.run(app.bind(bucket, version), name="peer", route_prefix="/peer")
 
     def redeploy(version: int) -> None:
