@@ -107,6 +107,21 @@ def test_output_is_normalized_and_centered() -> None:
     assert torch.from_numpy(white).isfinite().all()
 
 
+@pytest.mark.parametrize("spec", [ImageSpec(), ImageSpec(mean=(0.5, 0.25, 0.0),
+                                                          std=(0.5, 2.0, 1.0))])
+def test_normalisation_has_the_bits_of_the_per_pixel_formula(spec: ImageSpec) -> None:
+    # Every 8-bit value in every channel, against (pixel / 255 - mean) / std computed in FP32.
+    rng = np.random.default_rng(0)
+    pixels = np.stack([rng.permutation(256).reshape(16, 16) for _ in range(3)], -1)
+    pixels = pixels.astype(np.uint8)
+    scaled = pixels.astype(np.float32) / np.float32(255.0)
+    formula = (scaled - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    ours = to_tensor(Image.fromarray(pixels, "RGB"), spec)
+    assert ours.dtype == np.float32 and ours.shape == (3, 16, 16)
+    assert ours.flags.c_contiguous and ours.flags.writeable
+    assert np.array_equal(ours, formula.transpose(2, 0, 1))
+
+
 def grey_noise(w: int = 400, h: int = 300, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
 
