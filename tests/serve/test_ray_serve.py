@@ -138,6 +138,17 @@ def test_tritonclient_through_ray_serve(deployment: Deployment) -> None:
     assert all(r["models"][MODEL]["routed"] == [1] for r in live.values())
 
 
+def test_requests_enter_through_ray_serves_haproxy(deployment: Deployment) -> None:
+    # Ray Serve's high-throughput ingress: HAProxy listens on the HTTP port and hands requests
+    # to replicas that answer HTTP themselves, not to the Python proxy actor.
+    import psutil
+
+    port = int(deployment.url.rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    assert listeners and {psutil.Process(pid).name() for pid in listeners if pid} == {"haproxy"}
+
+
 def test_token_guards_the_repository_api_but_not_health(deployment: Deployment) -> None:
     with httpx.Client(base_url=deployment.url, timeout=30) as http:
         assert http.get("/v2/health/ready").status_code == 200

