@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -52,6 +53,7 @@ from modelmint._serve.ray_serve import ReplicaOptions, deploy
 from modelmint._serve.v2client import request_json, tensor_request
 
 MODEL, WIDTH, BROKEN = "mlp", 256, b"\x00not a protobuf" * 64
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 ALL_FAULTS, PORT = ("update", "broken", "kill", "outage"), 0  # PORT: Ray Serve's HTTP proxy
 BODY = json.dumps(request_json(tensor_request(np.full((1, WIDTH), 0.01, np.float32))))
 
@@ -336,6 +338,9 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Ray detaches some of its processes (they would count as foreign CPU): as the child
+    # subreaper this process adopts them, so they stay in its process tree.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     work = Path(tempfile.mkdtemp(prefix="replicas-"))
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(moto_port := free_port())], stdout=subprocess.DEVNULL,

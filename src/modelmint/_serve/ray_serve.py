@@ -46,7 +46,11 @@ SYNC_TIMEOUT_S = 30.0
 # of CPU on 2 cores (proxy 14, replica 10: a constant-returning deployment peaked at 59 req/s);
 # through HAProxy the same deployment answered 487 req/s. The controller, its proxies and the
 # replicas all read these at start: a Serve instance already running keeps its own.
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# HAProxy also replays a request that got no answer at all (its replica died mid-request) on
+# another replica: inference and the repository API are idempotent, and the V2 bodies fit its
+# buffer.
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 
 
 def coordinator_name(app_name: str) -> str:
