@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -45,7 +44,7 @@ import httpx
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import ForeignCpu, summary
+from _common import ForeignCpu, own_tree, summary
 from _mlserver import free_port, stop, wait_ready
 from modelmint import _repository as store
 from modelmint._repository.metadata import OPSET
@@ -53,7 +52,6 @@ from modelmint._serve.ray_serve import ReplicaOptions, deploy
 from modelmint._serve.v2client import request_json, tensor_request
 
 MODEL, WIDTH, BROKEN = "mlp", 256, b"\x00not a protobuf" * 64
-PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 ALL_FAULTS, PORT = ("update", "broken", "kill", "outage"), 0  # PORT: Ray Serve's HTTP proxy
 BODY = json.dumps(request_json(tensor_request(np.full((1, WIDTH), 0.01, np.float32))))
 
@@ -79,6 +77,41 @@ def write_version(tmp: Path, version: int, broken: bool = False) -> None:
                                preprocessing=store.TensorInputSpec(shape=[WIDTH]), version=version,
                                outputs=[store.TensorSpec("prediction", "FP32", [-1, 2])])
     (tmp / store.METADATA_FILE).write_text(json.dumps(meta.to_json()))
+
+
+class ExitedCpu:
+    """CPU seconds of the processes a raylet of this run started that exited while it ran, as
+    last sampled (every ``every`` s). Ray reaps its exited workers without collecting their
+    CPU time into its own, so :class:`ForeignCpu` counts a replaced or killed replica's whole
+    life as foreign; this is how much of that figure was ours (a lower bound: up to ``every``
+    s of each process's last moments is missed)."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.last: dict[int, float] = {}
+        self.exited = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(every):
+            now: dict[int, float] = {}
+            for pid in own_tree(os.getpid()) - {os.getpid()}:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    parent = Path(f"/proc/{fields[1]}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if parent == "raylet":  # other parents collect their children's CPU
+                    now[pid] = sum(int(x) for x in fields[11:13]) / tick  # utime, stime
+            self.exited += sum(cpu for pid, cpu in self.last.items() if pid not in now)
+            self.last = now
+
+    def seconds(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.exited
 
 
 class Gate:
@@ -338,9 +371,6 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    # Ray detaches some of its processes (they would count as foreign CPU): as the child
-    # subreaper this process adopts them, so they stay in its process tree.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     work = Path(tempfile.mkdtemp(prefix="replicas-"))
     moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(moto_port := free_port())], stdout=subprocess.DEVNULL,
@@ -364,7 +394,7 @@ def main() -> None:
             boto3.client("s3").create_bucket(Bucket=bucket)
         PORT = free_port()
         with local_cluster(workers=args.nodes - 1):
-            foreign = ForeignCpu()
+            foreign, exited = ForeignCpu(), ExitedCpu()
             systems = [ours(buckets["ours"], args.replicas)]
             if not args.no_peer:
                 systems.append(peer(buckets["peer"], args.replicas))
@@ -384,6 +414,7 @@ def main() -> None:
             result["one_replica"] = one_replica(work, max(2, args.rounds),
                                                 args.one_replica_seconds)
             result["foreign_cpu_s"] = round(foreign.seconds(), 1)
+            result["exited_own_cpu_s"] = round(exited.seconds(), 1)
         report(result)
         if args.json:
             print(json.dumps(result))
@@ -398,7 +429,9 @@ def report(result: dict[str, Any]) -> None:
     for name, r in result["one_replica"].items():
         print(f"one replica, {name}: {r['rps']['median']:.1f} req/s (spread "
               f"{r['rps']['spread']:.1f}), p50 {r['p50_ms']['median']:.2f} ms", file=sys.stderr)
-    print(f"foreign CPU during the run: {result['foreign_cpu_s']} s", file=sys.stderr)
+    print(f"foreign CPU during the run: {result['foreign_cpu_s']} s, of which "
+          f"{result['exited_own_cpu_s']} s were this run's own exited processes (Ray's "
+          "replaced and killed replicas)", file=sys.stderr)
 
 
 if __name__ == "__main__":
