@@ -221,8 +221,10 @@ def test_a_version_that_keeps_failing_to_restart_ends_failed(
     monkeypatch.setattr(instances, "MAX_FAILURES", 2)  # gives up sooner: a shorter test
     onnx = repo / "tiny" / "1" / ONNX_FILE
     hidden = onnx.with_name("elsewhere.onnx")
+    # The explicit load below answers once the version is loaded and warm: on a busy machine
+    # (the suite beside mypy) that took longer than httpx's default 5 s.
     with supervised(repo, {"instances": 1}, start_full_server) as (url, grpc, pool), \
-            httpx.Client(base_url=url) as http:
+            httpx.Client(base_url=url, timeout=60) as http:
         onnx.rename(hidden)  # every restart from now on fails
         kill(pool.pids()[0])
 
