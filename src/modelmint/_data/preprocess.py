@@ -304,8 +304,8 @@ def to_tensor(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """8-bit RGB image → normalised FP32 CHW array: ``(pixel / 255 - mean) / std`` per channel.
 
     An 8-bit channel has 256 values, so each one's result is computed once (in FP32, by the
-    formula above: the same bits) and looked up: three times faster than the arithmetic on
-    every pixel, a third of a detector's serving latency before the graph."""
+    formula above: the same bits) and looked up: 0.75 ms instead of 6.6 ms for a 320 x 320
+    picture here, which was a sixth of a detector's served latency."""
     index = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1),
                                  dtype=np.uint16)
     index += np.asarray([0, 256, 512], np.uint16)[:, None, None]  # channel c: row c

@@ -174,7 +174,7 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
             # A killed replica is noticed (and replaced) within seconds, not Ray's default 10.
             health_check_period_s=2,
             # A log line per request costs a replica more CPU than a small model's inference,
-            # and `mint serve` keeps none either: requests are counted in the metrics instead.
+            # and `mint serve` keeps none either: Ray Serve's metrics count the requests.
             logging_config={"enable_access_log": False})
         serve.run(deployment.bind(options, coordinator_name(app_name)), name=app_name,
                   route_prefix=route_prefix)
