@@ -37,6 +37,7 @@ from .dataplane import DataPlane
 from .decoding import started_pool
 from .grpc import GrpcServer
 from .http import create_app
+from .listener import empty_accept_queue
 from .metrics import MetricsServer
 
 log = logging.getLogger("modelmint._serve")
@@ -47,6 +48,8 @@ KEEP_ALIVE_S = 5
 # over HTTP and gRPC; repository loads): a fixed number, started at once, so the server's
 # threads do not grow with the busiest moment it has seen.
 LOOP_THREADS = 4
+# On shutdown, how long a new connection may take to send its first request.
+FIRST_REQUEST_GRACE_S = 1.0
 
 
 class ModelServer(uvicorn.Server):
@@ -91,6 +94,9 @@ class ModelServer(uvicorn.Server):
                 print(f"metrics on {self.metrics.url}", flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Connections the kernel accepted but we did not yet are requests on their way: take
+        # them before the socket closes (closing would reset them).
+        await asyncio.gather(*(empty_accept_queue(sock) for sock in sockets or []))
         # Concurrently: each protocol's in-flight requests get their grace period at once.
         others = [s.stop() for s in (self.grpc, self.metrics) if s is not None]
         await asyncio.gather(super().shutdown(sockets), *others)
@@ -132,6 +138,7 @@ def head_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
 
     class HeadDeadlineProtocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _last_request = False  # the server is shutting down: close after this response
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -141,6 +148,8 @@ def head_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:  # the head is complete
                 self._disarm()
+                if self._last_request and self.cycle is not None:
+                    self.cycle.keep_alive = False
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -151,9 +160,21 @@ def head_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
+        def shutdown(self) -> None:
+            # uvicorn closes a connection with no request at once; on a new connection the first
+            # request is usually already on its way, and closing would reset it. Such a
+            # connection gets its first request answered (then closes), or closes when
+            # FIRST_REQUEST_GRACE_S pass without one. A connection that has served requests is
+            # idle keep-alive: closing it is what clients expect.
+            if self.cycle is None and not self.transport.is_closing():
+                self._last_request = True
+                self._arm(min(timeout_s, FIRST_REQUEST_GRACE_S))
+            else:
+                super().shutdown()
+
+        def _arm(self, after_s: float = timeout_s) -> None:
             self._disarm()
-            self._head_timer = self.loop.call_later(timeout_s, self._expire)
+            self._head_timer = self.loop.call_later(after_s, self._expire)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:
