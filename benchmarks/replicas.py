@@ -381,7 +381,7 @@ def main() -> None:
                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
                        "MODELMINT_CACHE_DIR": str(work / "cache")})
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from ray_cluster import local_cluster
 
     try:

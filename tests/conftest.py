@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -96,6 +97,26 @@ def postgres_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- One local Ray cluster (a head and two workers on loopback) for every test that needs Ray -----
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """Started once per run (20-40 s on 2 cores); ``MINT_TEST_RAY=0`` skips its tests. Its
+    tests run last (:func:`pytest_collection_modifyitems`), so its idle processes do not run
+    beside the rest of the suite."""
+    if os.environ.get("MINT_TEST_RAY") == "0":
+        pytest.skip("MINT_TEST_RAY=0: no local Ray cluster")
+    pytest.importorskip("ray", reason="Ray is not installed")
+    from ray_cluster import local_cluster
+
+    with local_cluster(workers=2) as cluster:
+        yield cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the Ray cluster last, together (a stable sort keeps each group's order)."""
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture

@@ -25,22 +25,19 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
 
 import ray
 from ray import serve
+
+from modelmint._serve.ray_serve import APP_NAME, NAMESPACE, coordinator_name
 from ray_cluster import (
     INPUT,
     MODEL,
     CliServer,
     RequestLoop,
-    local_cluster,
     publish,
     weights,
 )
 
-from modelmint._serve.ray_serve import APP_NAME, NAMESPACE, coordinator_name
-
 REPLICAS = 2
-pytestmark = [pytest.mark.timeout(180),
-              pytest.mark.skipif(os.environ.get("MINT_TEST_RAY") == "0",
-                                 reason="MINT_TEST_RAY=0: no local Ray cluster")]
+pytestmark = pytest.mark.timeout(180)
 
 
 class Deployment:
@@ -95,26 +92,26 @@ class ReplicaCount:
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory, ray_cluster: Any
+               ) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("ray-serve")
     root = work / "repo"
     assert publish(root) == 1
-    with local_cluster(workers=2) as cluster:
-        import socket
+    import socket
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        token_file = work / "token"
-        server = CliServer.start(
-            [str(root), "--ray", cluster.address, "--replicas", str(REPLICAS),
-             "--http-port", str(port), "--poll", "0.5", "--token-file", str(token_file)],
-            f"http://127.0.0.1:{port}", work / "serve.log")
-        try:
-            yield Deployment(server, root, token_file.read_text().strip())
-        finally:
-            assert server.stop() == 0, (work / "serve.log").read_text()[-3000:]
-            assert APP_NAME not in serve.status().applications  # deleted on SIGTERM
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token_file = work / "token"
+    server = CliServer.start(
+        [str(root), "--ray", ray_cluster.address, "--replicas", str(REPLICAS),
+         "--http-port", str(port), "--poll", "0.5", "--token-file", str(token_file)],
+        f"http://127.0.0.1:{port}", work / "serve.log")
+    try:
+        yield Deployment(server, root, token_file.read_text().strip())
+    finally:
+        assert server.stop() == 0, (work / "serve.log").read_text()[-3000:]
+        assert APP_NAME not in serve.status().applications  # deleted on SIGTERM
 
 
 def test_tritonclient_through_ray_serve(deployment: Deployment) -> None:

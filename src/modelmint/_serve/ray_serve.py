@@ -49,8 +49,13 @@ SYNC_TIMEOUT_S = 30.0
 # HAProxy also replays a request that got no answer at all (its replica died mid-request) on
 # another replica: inference and the repository API are idempotent, and the V2 bodies fit its
 # buffer.
+# A stopping replica keeps accepting for a while, so that a balancer has time to take it out of
+# rotation: 30 s by default, meant for balancers outside Ray. Ours is Serve's own HAProxy, which
+# the controller updates within a second or two and which retries a refused connection on
+# another replica; 30 s only made `mint serve --ray` take 35 s to stop.
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+             "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
 def coordinator_name(app_name: str) -> str:

@@ -1,5 +1,5 @@
 """A local multi-node Ray cluster on loopback and a tensor model whose every version answers
-differently, for ``mint serve --ray`` (tests/serve/test_ray_serve.py)."""
+differently, for ``mint serve --ray`` (tests/serve/test_ray_serve.py) and search trials on Ray."""
 
 from __future__ import annotations
 
