@@ -182,7 +182,7 @@ def test_train_deploy_and_try_a_detector(
     from selenium.webdriver.common.by import By
 
     d, find, shots = browser, browser.find_element, shots_dir(artifacts)
-    data = make_shapes(tmp_path / "shapes", images=40, seed=7, size_range=(160, 200))
+    data = make_shapes(tmp_path / "shapes", images=20, seed=7, size_range=(160, 200))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for path in sorted(data.rglob("*")):
