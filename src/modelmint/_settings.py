@@ -149,6 +149,9 @@ APP: tuple[Setting, ...] = (
             "names, IP addresses and --host are always accepted; other names are refused "
             "(DNS rebinding).", flag="--allowed-host", repeatable=True),
     Setting("port", int, DEFAULT_APP_PORT, "HTTP port of the app."),
+    Setting("repo", str, None,
+            "Model repository trained versions are published to: a folder or s3://BUCKET/PREFIX "
+            "(default: DATA_DIR/models; see docs/object-storage.md)."),
     Setting("serve_url", str, None,
             "Use this running `mint serve DATA_DIR/serving` instead of starting one."),
     Setting("upload_max_bytes", int, DEFAULT_UPLOAD_MAX_BYTES,

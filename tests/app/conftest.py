@@ -5,49 +5,19 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from modelmint._app import AppSettings, create_app
+from live_server import running_app
+from modelmint._app import AppSettings
 
 HERE = Path(__file__).resolve().parent
 UNUSED_SERVER = "http://127.0.0.1:9"  # tests that never deploy: no `mint serve` is started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def running_app(settings: AppSettings) -> Iterator[str]:
-    """The whole app (lifespan included) in a daemon thread; yields its base URL."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 90
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the app did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from .._repository import ModelRepository
 from .._serve.v2client import bytes_request, request_json
 from .._settings import DEFAULT_MAX_REQUEST_BYTES
 from .._tensor_names import (
@@ -102,7 +101,7 @@ def deploy(project_id: Id, body: DeployRequest, c: Ctx) -> dict[str, Any]:
     """Publish the version to the model server and load it; poll ``deployment`` for progress."""
     with c.session() as session:
         project = get_project(session, project_id)
-    ModelRepository(c.settings.models_dir).version(project.slug, body.version)  # 404 early
+    c.settings.repository.version(project.slug, body.version)  # 404 early
     with c.lock:
         if c.deployments.get(project_id, {}).get("state") in BUSY:
             raise Conflict("a deployment of this project is already in progress, or the "
@@ -186,7 +185,7 @@ async def try_it(request: Request, project_id: Id, c: Ctx,
 def _detect(c: AppContext, project: Project, body: bytes,
             score_threshold: float | None) -> list[dict[str, Any]]:
     assert project.deployed_version is not None
-    ref = ModelRepository(c.settings.models_dir).version(project.slug, project.deployed_version)
+    ref = c.settings.repository.version(project.slug, project.deployed_version)
     return c.serving.detect(project.slug, body, list(ref.metadata().labels), score_threshold)
 
 
@@ -196,7 +195,7 @@ def download_sdk(project_id: Id, c: Ctx) -> Response:
         project = get_project(session, project_id)
     if project.deployed_version is None:
         raise InvalidInput(f"project {project.name!r} has no deployed version; deploy one first")
-    ref = ModelRepository(c.settings.models_dir).version(project.slug, project.deployed_version)
+    ref = c.settings.repository.version(project.slug, project.deployed_version)
     name, blob = build_sdk(ref.path)
     return Response(blob, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from .._repository import METADATA_FILE, REPORT_FILE, ModelRepository
+from .._repository import METADATA_FILE, REPORT_FILE
 from ..errors import Conflict, NotFound
 from .context import Ctx, Id, Version, get_job, get_project
 from .db import Job
@@ -68,7 +68,7 @@ def list_versions(project_id: Id, c: Ctx) -> list[dict[str, Any]]:
     with c.session() as session:
         project = get_project(session, project_id)
     out = []
-    for ref in ModelRepository(c.settings.models_dir).versions(project.slug):
+    for ref in c.settings.repository.versions(project.slug):
         meta = ref.metadata()
         out.append({"version": ref.version, "created": meta.created, "labels": meta.labels,
                     "architecture": meta.architecture, "metrics": meta.metrics,
@@ -83,7 +83,7 @@ def version_report(project_id: Id, version: Version,
     item ids of the misclassified files (to show their images), and any profiler advice."""
     with c.session() as session:
         project = get_project(session, project_id)
-    ref = ModelRepository(c.settings.models_dir).version(project.slug, version)
+    ref = c.settings.repository.version(project.slug, version)
     path = ref.path / REPORT_FILE
     if not path.is_file():
         raise NotFound(f"version {version} of {project.slug!r} has no {REPORT_FILE}")
@@ -101,7 +101,7 @@ def version_report_html(project_id: Id, version: Version, c: Ctx) -> FileRespons
     """The search's self-contained HTML report (PR curves and all), when it wrote one."""
     with c.session() as session:
         project = get_project(session, project_id)
-    path = ModelRepository(c.settings.models_dir).version(project.slug, version).path
+    path = c.settings.repository.version(project.slug, version).path
     if not (path / "report.html").is_file():
         raise NotFound(f"version {version} of {project.slug!r} has no report.html")
     return FileResponse(path / "report.html", media_type="text/html",

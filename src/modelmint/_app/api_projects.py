@@ -111,7 +111,9 @@ def delete_project(project_id: Id, c: Ctx) -> None:
     finally:
         with c.lock:
             c.deployments.pop(project_id, None)
-    for folder in (project_dir(c.settings, project_id), c.settings.models_dir / project.slug,
+    # In a bucket the versions stay (servers elsewhere may serve them, and no version is ever
+    # rewritten); the app forgets its own copies. The slug is retired either way.
+    for folder in (project_dir(c.settings, project_id), c.settings.repository.root / project.slug,
                    *(c.jobs.job_dir(job_id) for job_id in job_ids)):
         shutil.rmtree(folder, ignore_errors=True)
 

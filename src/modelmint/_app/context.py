@@ -70,7 +70,7 @@ def unique_slug(session: Session, settings: AppSettings, name: str) -> str:
     taken.update(session.scalars(select(RetiredSlug.slug)
                                  .where(RetiredSlug.slug.like(f"{base}%"))))
     slug, n = base, 2
-    while (slug in taken or (settings.models_dir / slug).exists()
+    while (slug in taken or settings.repository_has(slug)
            or (settings.serving_dir / slug).exists()):
         slug, n = f"{base}-{n}", n + 1
     return slug

@@ -128,7 +128,7 @@ class JobManager:
     def _fresh_args(self, project: Project, job: Job) -> list[str]:
         work = self.job_dir(job.id)
         args = ["train", str(training_input(project, work / "data")), "--name", project.slug,
-                "--repo", str(self.settings.models_dir), "--runs-dir", str(work / "runs"),
+                "--repo", self.settings.repo_location, "--runs-dir", str(work / "runs"),
                 "--budget", f"{job.budget:g}", "--json"]
         return args if job.max_trials is None else [*args, "--max-trials", str(job.max_trials)]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .._repository import CONFIG_FILE, ModelRepository
+from .._repository import CONFIG_FILE
 from .._serve.types import InferResponse
 from .._serve.v2client import V2Client, bytes_request, classifications, encoded_input, output_array
 from .._tensor_names import BOXES, CLASSES, COUNT, SCORE_THRESHOLD, SCORES
@@ -139,7 +139,7 @@ class Serving:
         """Publish ``slug`` version ``version`` to the served repository and load it (blocks
         until loaded and warmed, or raises with the server's reason). On failure the pin goes
         back to ``previous`` (which kept serving meanwhile), so a restart serves it again."""
-        source = ModelRepository(self.settings.models_dir).version(slug, version).path
+        source = self.settings.repository.version(slug, version).path
         model_dir = self.settings.serving_dir / slug
         model_dir.mkdir(parents=True, exist_ok=True)
         target = model_dir / str(version)

@@ -7,8 +7,11 @@ import ipaddress
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from .._repository import ModelRepository, open_repository
+from .._repository.s3 import is_s3_uri
 from .._settings import APP, default
 from ..errors import InvalidInput
 
@@ -21,6 +24,7 @@ class AppSettings:
     allowed_hosts: list[str] | None = field(
         default_factory=lambda: default(APP, "allowed_hosts"))
     port: int = default(APP, "port")
+    repo: str | None = default(APP, "repo")
     serve_url: str | None = default(APP, "serve_url")
     upload_max_bytes: int = default(APP, "upload_max_bytes")
     zip_max_entries: int = default(APP, "zip_max_entries")
@@ -54,8 +58,26 @@ class AppSettings:
 
     @property
     def models_dir(self) -> Path:
-        """Every published training result (the repository `mint train --repo` writes)."""
+        """The default repository: a folder in the data dir."""
         return self.data_dir / "models"
+
+    @property
+    def repo_location(self) -> str:
+        """Where every training result is published (`mint train --repo`): ``repo`` (a folder or
+        an ``s3://`` URI) or :attr:`models_dir`."""
+        return self.repo or str(self.models_dir)
+
+    @cached_property
+    def repository(self) -> ModelRepository:
+        """The repository at :attr:`repo_location`; one instance, so an ``s3://`` one keeps its
+        client, listing cache and local copies across requests."""
+        return open_repository(self.repo_location)
+
+    def repository_has(self, model: str) -> bool:
+        """Whether the repository holds anything under ``model`` (published or not)."""
+        if is_s3_uri(self.repo_location):  # the cache holds only what was read: ask the bucket
+            return model in self.repository.model_folders()[0]
+        return (self.repository.root / model).exists()
 
     @property
     def serving_dir(self) -> Path:
