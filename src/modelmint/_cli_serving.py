@@ -44,7 +44,9 @@ def _serve(values: dict[str, Any]) -> None:
                                      values["max_request_bytes"], values["read_timeout"],
                                      values["decode_memory"], values["decode_threads"])
             serve_on_ray(options, values["ray"], values["replicas"], host=values["host"],
-                         http_port=values["http_port"], poll_interval_s=values["poll"])
+                         http_port=values["http_port"],
+                         grpc_port=None if grpc_port < 0 else grpc_port,
+                         poll_interval_s=values["poll"])
         except MintError as exc:
             _fail(exc)
         return

@@ -93,8 +93,9 @@ SERVE: tuple[Setting, ...] = (
             "handshake).", min=0.1),
     Setting("ray", str, None,
             "Serve through Ray Serve on this Ray cluster (ADDRESS: 'auto' or HOST:PORT): "
-            "--replicas replicas behind Ray Serve's HTTP proxy on --host/--http-port, new "
-            "versions rolled out replica by replica (docs/deploy.md). HTTP only."),
+            "--replicas replicas behind Ray Serve's ingress on --host/--http-port and "
+            "--grpc-port, new versions rolled out replica by replica (docs/deploy.md); no "
+            "metrics port."),
     Setting("replicas", int, 2, "With --ray: how many replicas serve the repository.", min=1),
 )
 

@@ -105,7 +105,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, ray_cluster: Any
     token_file = work / "token"
     server = CliServer.start(
         [str(root), "--ray", ray_cluster.address, "--replicas", str(REPLICAS),
-         "--http-port", str(port), "--poll", "0.5", "--token-file", str(token_file)],
+         "--http-port", str(port), "--grpc-port", "0", "--poll", "0.5",
+         "--token-file", str(token_file)],
         f"http://127.0.0.1:{port}", work / "serve.log")
     try:
         yield Deployment(server, root, token_file.read_text().strip())
@@ -117,8 +118,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, ray_cluster: Any
 def test_tritonclient_through_ray_serve(deployment: Deployment) -> None:
     import tritonclient.http as httpclient
 
-    ready = f"serving 1 model(s) on {deployment.url} through Ray Serve (2 replica(s)"
-    assert any(line.startswith(ready) for line in deployment.server.lines)
+    ready = f"serving 1 model(s) on {deployment.url} and grpc://127.0.0.1:"
+    assert deployment.server.lines[0].startswith(ready), deployment.server.lines
+    assert "through Ray Serve (2 replica(s))" in deployment.server.lines[0]
     client = httpclient.InferenceServerClient(deployment.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_model_metadata(MODEL)["versions"] == ["1"]
@@ -133,6 +135,44 @@ def test_tritonclient_through_ray_serve(deployment: Deployment) -> None:
     live = deployment.live()
     assert len(live) == REPLICAS and running_replicas() == REPLICAS
     assert all(r["models"][MODEL]["routed"] == [1] for r in live.values())
+
+
+def test_tritonclient_grpc_through_ray_serve(deployment: Deployment) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    line = deployment.server.lines[0]
+    address = line[line.index("grpc://") + len("grpc://"):].split()[0]
+    client = grpcclient.InferenceServerClient(address)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    assert client.get_model_metadata(MODEL).versions == ["1"]
+    tensor = grpcclient.InferInput("input", list(INPUT.shape), "FP32")
+    tensor.set_data_from_numpy(INPUT)
+    for _ in range(4):
+        result = client.infer(MODEL, [tensor])
+        assert result.get_response().model_version == "1"
+        np.testing.assert_allclose(result.as_numpy("prediction"), INPUT @ weights(1), rtol=1e-5)
+    # The adapter's statuses come through Ray Serve unchanged.
+    with pytest.raises(InferenceServerException) as unknown:
+        client.infer("no-such-model", [tensor])
+    assert unknown.value.status() == "StatusCode.NOT_FOUND", unknown.value
+    with pytest.raises(InferenceServerException) as anonymous:
+        client.get_model_repository_index()
+    assert anonymous.value.status() == "StatusCode.UNAUTHENTICATED", anonymous.value
+    index = client.get_model_repository_index(
+        headers={"authorization": f"Bearer {deployment.token}"})
+    assert [m.name for m in index.models] == [MODEL]
+    # Bytes that are no ModelInferRequest: refused, and the replicas go on serving.
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw(b"\xff\xff\xff\xff")
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT, garbage.value
+    assert "not a valid inference.ModelInferRequest" in str(garbage.value.details())
+    assert client.infer(MODEL, [tensor]).get_response().model_version == "1"
 
 
 def test_requests_enter_through_ray_serves_haproxy(deployment: Deployment) -> None:

@@ -168,8 +168,9 @@ def _tensor_metadata(specs: list[dict[str, Any]]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["_Servicer", Req, Any], Awaitable[Resp]]
-RawHandler = Callable[["_Servicer", bytes, Any], Awaitable[Resp]]
+Handler = Callable[["Servicer", Req, Any], Awaitable[Resp]]
+# The request as bytes (grpc.aio here: parsed in _guard) or already parsed (Ray Serve's gRPC).
+RawHandler = Callable[["Servicer", bytes | Message, Any], Awaitable[Resp]]
 
 
 def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
@@ -179,7 +180,7 @@ def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
     request_type, route = RPCS[name]
 
     @functools.wraps(handler)
-    async def guarded(self: _Servicer, raw: bytes, context: Any) -> Resp:
+    async def guarded(self: Servicer, raw: bytes | Message, context: Any) -> Resp:
         try:
             if self.policy.token_required(route) and not self.policy.authorized(
                     dict(context.invocation_metadata()).get("authorization")):
@@ -188,7 +189,7 @@ def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
                     f"'authorization: Bearer TOKEN' ({TOKEN_SOURCE})")
             else:
                 try:
-                    request = request_type.FromString(raw)
+                    request = raw if isinstance(raw, request_type) else request_type.FromString(raw)
                 except DecodeError:
                     kind = request_type.DESCRIPTOR.full_name
                     raise InvalidInput(f"the request is not a valid {kind} message") from None
@@ -213,9 +214,11 @@ def _repository_name(name: str) -> None:
                            "leave the field empty")
 
 
-class _Servicer:
+class Servicer:
     """The Open Inference Protocol RPCs and the repository extension; grpc finds them by
-    name (:func:`generic_handler`)."""
+    name (:func:`generic_handler`), Ray Serve through :mod:`.ray_serve`'s methods of the same
+    names. ``context`` needs ``invocation_metadata()``, ``set_trailing_metadata()`` and
+    ``abort()`` of a ``grpc.aio.ServicerContext``."""
 
     def __init__(self, dataplane: DataPlane, policy: AccessPolicy) -> None:
         self.dataplane = dataplane
@@ -309,7 +312,7 @@ class _Servicer:
         return pb.RepositoryModelUnloadResponse()
 
 
-def generic_handler(servicer: _Servicer) -> grpc.GenericRpcHandler:
+def generic_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
     """Every RPC of :data:`RPCS`, taking the request as bytes (parsed in :func:`_guard`: grpc's
     own parsing answers a malformed message with INTERNAL)."""
     return grpc.method_handlers_generic_handler(SERVICE, {
@@ -317,6 +320,14 @@ def generic_handler(servicer: _Servicer) -> grpc.GenericRpcHandler:
             getattr(servicer, name),
             response_serializer=lambda message: message.SerializeToString())
         for name in RPCS})
+
+
+def add_v2_service(servicer: Any, server: Any) -> None:
+    """Register every RPC of :data:`RPCS` on ``servicer`` with ``server``: the signature of
+    grpc's generated ``add_..._to_server`` functions, which Ray Serve's gRPC ingress takes by
+    import path (:mod:`.ray_serve`). Requests stay bytes until the adapter parses them, so a
+    malformed one is INVALID_ARGUMENT there as here."""
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
 
 
 class GrpcServer:
@@ -352,7 +363,7 @@ class GrpcServer:
             ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
             ("grpc.server_handshake_timeout_ms", max(1, round(self.read_timeout_s * 1000))),
         ])
-        server.add_generic_rpc_handlers([generic_handler(_Servicer(self.dataplane,
+        server.add_generic_rpc_handlers([generic_handler(Servicer(self.dataplane,
                                                                    self.policy))])
         try:
             port = server.add_insecure_port(self.address)

