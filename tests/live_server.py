@@ -3,14 +3,16 @@ each in a daemon thread on free loopback ports, shared by every test folder that
 
 from __future__ import annotations
 
+import csv
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 import uvicorn
 
 from modelmint._app import AppSettings, create_app
@@ -69,3 +71,23 @@ def running_app(settings: AppSettings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    """``check()``'s first truthy value, polled every 0.5 s; the test fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def sms_table(shared: Path, rows: dict[str, int]) -> bytes:
+    """A ``label<TAB>text`` upload: the first ``rows[label]`` messages of each label of the
+    shared SMS spam sample (``shared`` is the shared data folder)."""
+    with open(shared / "sms_spam" / "sms_spam.tsv", newline="", encoding="utf-8") as fh:
+        table = list(csv.reader(fh, delimiter="\t"))[1:]
+    picked = [r for label, n in rows.items() for r in [r for r in table if r[0] == label][:n]]
+    return ("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in picked)).encode()

@@ -5,20 +5,19 @@ version, with ``max_trials`` counted over both processes."""
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+
+from live_server import free_port, sms_table, wait_for
 
 ROWS = {"spam": 60, "ham": 140}  # a small slice of the sample: this test is about the job
 # Three cheap TF-IDF baselines, then the MiniLM one (seconds of encoding): the app is killed
@@ -51,22 +50,6 @@ def app_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(60)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def alive(pid: int) -> bool:
     try:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
@@ -82,18 +65,14 @@ def trials_counted(rows: list[dict[str, Any]]) -> int:
 
 def test_a_killed_app_stops_its_job_which_resumes_within_max_trials(tmp_path: Path,
                                                                    hymenoptera: Path) -> None:
-    with open(hymenoptera.parent / "sms_spam" / "sms_spam.tsv", newline="",
-              encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))[1:]
-    picked = [r for label, n in ROWS.items() for r in [r for r in rows if r[0] == label][:n]]
-    table = "label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in picked)
+    table = sms_table(hymenoptera.parent, ROWS)
     data_dir, port = tmp_path / "mint", free_port()
     base = f"http://127.0.0.1:{port}"
     with app_process(data_dir, port) as app:
         project = httpx.post(f"{base}/api/projects", json={"name": "small",
                                                             "task": "text"}).json()["id"]
         up = httpx.post(f"{base}/api/projects/{project}/uploads",
-                        params={"filename": "small.tsv"}, content=table.encode(), timeout=60)
+                        params={"filename": "small.tsv"}, content=table, timeout=60)
         assert up.json()["added"] == sum(ROWS.values()), up.text
         job = httpx.post(f"{base}/api/projects/{project}/jobs",
                          json={"budget": BUDGET, "max_trials": MAX_TRIALS}).json()
@@ -104,11 +83,11 @@ def test_a_killed_app_stops_its_job_which_resumes_within_max_trials(tmp_path: Pa
             board = state["leaderboard"] or {"trials": []}
             return trials_counted(board["trials"]) >= 1
 
-        wait_until("the first trial to end", one_trial_ended, 240)
+        wait_for("the first trial to end", one_trial_ended, 240)
         pid = int(job["pid"])
         app.kill()  # a crash: no shutdown
         app.wait(30)
-        wait_until("the trainer to stop with the app", lambda: not alive(pid), 60)
+        wait_for("the trainer to stop with the app", lambda: not alive(pid), 60)
     with app_process(data_dir, port):
         trainer = httpx.get(f"{base}/api/jobs/{job['id']}").json()
         assert trainer["status"] == "interrupted", trainer
@@ -117,7 +96,7 @@ def test_a_killed_app_stops_its_job_which_resumes_within_max_trials(tmp_path: Pa
         assert resumed["status"] == "running" and resumed["attempts"] == 2
         again = httpx.post(f"{base}/api/jobs/{job['id']}/resume")
         assert again.status_code == 400 and "running" in again.json()["error"]
-        done = wait_until("the resumed job", lambda: (lambda j: j if j["status"] != "running"
+        done = wait_for("the resumed job", lambda: (lambda j: j if j["status"] != "running"
                                                       else None)(
             httpx.get(f"{base}/api/jobs/{job['id']}").json()), BUDGET + 120)
         assert done["status"] == "succeeded", done

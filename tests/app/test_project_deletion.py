@@ -4,39 +4,19 @@ ids and model names (slugs) are never given out twice."""
 
 from __future__ import annotations
 
-import csv
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
+from live_server import sms_table, wait_for
 from modelmint._app import AppSettings
 
 Start = Callable[[AppSettings], AbstractContextManager[str]]
 ROWS = {"spam": 40, "ham": 80}
 BUDGET = 300  # a ceiling for a busy machine; max_trials 1 ends the search after one baseline
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def sms_table(hymenoptera: Path) -> bytes:
-    with open(hymenoptera.parent / "sms_spam" / "sms_spam.tsv", newline="",
-              encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))[1:]
-    picked = [r for label, n in ROWS.items() for r in [r for r in rows if r[0] == label][:n]]
-    return ("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in picked)).encode()
 
 
 def test_a_new_project_of_the_same_name_sees_nothing_of_a_deleted_one(
@@ -45,7 +25,7 @@ def test_a_new_project_of_the_same_name_sees_nothing_of_a_deleted_one(
     with start_app(settings) as url, httpx.Client(base_url=url, timeout=60) as api:
         old = api.post("/api/projects", json={"name": "Spam filter", "task": "text"}).json()
         up = api.post(f"/api/projects/{old['id']}/uploads", params={"filename": "sms.tsv"},
-                      content=sms_table(hymenoptera))
+                      content=sms_table(hymenoptera.parent, ROWS))
         assert up.status_code == 201, up.text
         job = api.post(f"/api/projects/{old['id']}/jobs",
                        json={"budget": BUDGET, "max_trials": 1}).json()

@@ -3,38 +3,17 @@ list, reports, deployment, predictions and project deletion read from it, on mot
 
 from __future__ import annotations
 
-import csv
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from live_server import running_app
+from live_server import running_app, sms_table, wait_for
 from modelmint._app import AppSettings
 from modelmint._repository.manifest import MANIFEST_FILE
 
 ROWS = {"spam": 40, "ham": 80}
 BUDGET = 300  # a ceiling for a busy machine; max_trials 1 ends the search after one baseline
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def sms_table(shared: Path) -> bytes:
-    with open(shared / "sms_spam" / "sms_spam.tsv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))[1:]
-    picked = [r for label, n in ROWS.items() for r in [r for r in rows if r[0] == label][:n]]
-    return ("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in picked)).encode()
 
 
 def keys(bucket: Any, prefix: str) -> list[str]:
@@ -49,7 +28,7 @@ def test_the_app_trains_into_deploys_from_and_forgets_a_bucket(
         project = api.post("/api/projects", json={"name": "Spam", "task": "text"}).json()
         slug = project["slug"]
         up = api.post(f"/api/projects/{project['id']}/uploads", params={"filename": "sms.tsv"},
-                      content=sms_table(hymenoptera.parent))
+                      content=sms_table(hymenoptera.parent, ROWS))
         assert up.status_code == 201, up.text
         job = api.post(f"/api/projects/{project['id']}/jobs",
                        json={"budget": BUDGET, "max_trials": 1}).json()
