@@ -164,7 +164,10 @@ def repo(tmp_path: Path, published: Path) -> Path:
 def test_two_instances_lose_no_request_to_kills(repo: Path, start_full_server: FullServer
                                                 ) -> None:
     config = {"instances": 2, "dynamic_batching": {"max_batch_size": 4}}  # batching on top
-    with supervised(repo, config, start_full_server) as (url, grpc, pool), Load(url) as load:
+    # More clients than a batch holds: the batcher may put every waiting request into the batch
+    # the frozen worker holds, and then no client is left to be served meanwhile.
+    with supervised(repo, config, start_full_server) as (url, grpc, pool), \
+            Load(url, clients=6) as load:
         for index, freeze_s in ((0, 0.0), (1, 0.3)):  # each instance once
             victim = pool.pids()[index]
             before = load.ok()
