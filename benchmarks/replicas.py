@@ -15,6 +15,8 @@ the same faults: a new version every ``--interval`` s, one of them broken (its m
 ONNX), one replica's process killed, the object store refusing connections for 20 s. An update
 window runs from a publish until 1 s after every replica serves it (or it was rolled back);
 ``steady`` is outside every update and fault window. Segments alternate (``--rounds``).
+Each failed request is reported (``failures``, the first 10 per system): when it was sent, in
+which windows, and what the client saw.
 
 Also one replica through Ray Serve vs a plain ``mint serve`` (the same model, from a folder),
 closed loop at concurrency 2, interleaved rounds: requests/s (median, spread) and p50.
@@ -263,6 +265,7 @@ def segment(system: System, gate: Gate, rate: float, seconds: float, interval: f
             senders: int) -> dict[str, Any]:
     """Paced closed loop for ``seconds`` under the faults (see the module docstring)."""
     records: list[tuple[float, float, bool, int]] = []  # sent, latency, ok, version
+    errors: list[tuple[float, str]] = []  # sent, what the client saw
     windows: list[tuple[str, float, float]] = []
     broken: list[int] = []
     start = time.monotonic()
@@ -280,8 +283,11 @@ def segment(system: System, gate: Gate, rate: float, seconds: float, interval: f
                     records.append((sent, time.monotonic() - sent, True, version))
                     if pid and (not system.seen or system.seen[-1] != pid):
                         system.seen.append(pid)
-                except Exception:
+                except Exception as exc:
                     records.append((sent, time.monotonic() - sent, False, -1))
+                    detail = exc.response.text[:200] if isinstance(
+                        exc, httpx.HTTPStatusError) else ""
+                    errors.append((sent, f"{exc!r} {detail}".strip()[:300]))
                 next_at = max(next_at + senders / rate, time.monotonic())
 
     def faults() -> None:
@@ -317,7 +323,11 @@ def segment(system: System, gate: Gate, rate: float, seconds: float, interval: f
     def inside(at: float, kinds: tuple[str, ...]) -> bool:
         return any(k in kinds and a <= at <= b for k, a, b in windows)
 
+    failures = [{"at_s": round(at - start, 1), "error": error,
+                 "during": [k for k, a, b in windows if a <= at <= b] or ["steady"]}
+                for at, error in errors]
     return {"records": records, "broken_served": sum(r[3] in broken for r in records),
+            "failures": failures,
             "steady": [r[1] for r in records if r[2] and not inside(r[0], ALL_FAULTS)],
             "update": [r[1] for r in records if r[2] and inside(r[0], ("update", "broken"))]}
 
@@ -330,6 +340,7 @@ def summarize(parts: list[dict[str, Any]], replicas: int) -> dict[str, Any]:
     records = [r for p in parts for r in p["records"]]
     return {"replicas": replicas, "requests": len(records),
             "failed": sum(not r[2] for r in records), "steady_p99_ms": p99("steady"),
+            "failures": [f for p in parts for f in p["failures"]][:10],
             "update_p99_ms": p99("update"),
             "broken_served": sum(p["broken_served"] for p in parts)}
 
@@ -426,6 +437,11 @@ def report(result: dict[str, Any]) -> None:
     print(f"{'':16}{'ours':>12}{'peer':>12}", file=sys.stderr)
     for key in ("requests", "failed", "steady_p99_ms", "update_p99_ms", "broken_served"):
         print(f"{key:16}{result[key]:>12}{result['peer'].get(key, '-'):>12}", file=sys.stderr)
+    for system, failures in (("ours", result["failures"]),
+                             ("peer", result["peer"].get("failures", []))):
+        for f in failures:
+            print(f"failed ({system}) at {f['at_s']} s during {'/'.join(f['during'])}: "
+                  f"{f['error']}", file=sys.stderr)
     for name, r in result["one_replica"].items():
         print(f"one replica, {name}: {r['rps']['median']:.1f} req/s (spread "
               f"{r['rps']['spread']:.1f}), p50 {r['p50_ms']['median']:.2f} ms", file=sys.stderr)
