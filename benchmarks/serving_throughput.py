@@ -16,6 +16,10 @@ servers (the order alternates) so drift on a shared machine hits both alike; req
 median over rounds, p50/p99 are over every request of every round. Foreign CPU (processes not
 ours) during the run is reported: on a small shared machine it is the main noise source.
 
+Ours runs twice, over HTTP (binary tensors) and gRPC; a bare in-process ONNX Runtime session
+with the worker's own settings runs in the same rounds as the physical limit, and each server
+row is reported as its share of that row's requests/s and its added p50 (client included).
+
     python benchmarks/serving_throughput.py [--rounds 3] [--duration 10] [--json]
 """
 
@@ -46,6 +50,7 @@ CONCURRENCY = (1, 4, 16, 64)
 CONFIGS = [(workers, threads) for workers in (0, 2) for threads in (1, 2)]
 SHAPE = [1, 3, 224, 224]
 Sender = Callable[[], None]
+BARE = "bare onnxruntime"  # the in-process row: no server, no client
 
 
 def publish(root: Path) -> Path:
@@ -62,11 +67,13 @@ def publish(root: Path) -> Path:
     return Path(publish_classifier(ModelRepository(root), model, meta, {}).path)
 
 
-def start_ours(repo: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``mint serve`` on a free port (HTTP only; ``extra`` CLI flags appended), once ready."""
+def start_ours(repo: Path, log: Path, *extra: str, grpc_port: int = -1
+               ) -> tuple[subprocess.Popen[bytes], str]:
+    """``mint serve`` on a free port (gRPC only on ``grpc_port``; ``extra`` CLI flags
+    appended), once ready."""
     port = free_port()
     cmd = [sys.executable, "-m", "modelmint.cli", "serve", str(repo), "--http-port", str(port),
-           "--grpc-port", "-1", *(extra or ("--metrics-port", "0"))]
+           "--grpc-port", str(grpc_port), *(extra or ("--metrics-port", "0"))]
     out = open(log, "ab")  # noqa: SIM115 (lives as long as the process)
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     out.close()
@@ -110,6 +117,16 @@ def json_sender(url: str) -> Sender:
         response.raise_for_status()
 
     return send
+
+
+def bare_sender(onnx: Path) -> Callable[[], Sender]:
+    """The physical limit: one in-process ONNX Runtime session with the server worker's own
+    settings, shared by every sender thread (``run`` releases the GIL)."""
+    from modelmint._serve.worker import _session
+
+    session = _session(str(onnx), os.cpu_count() or 1, True)
+    inputs = {TENSOR_INPUT: batch()}
+    return lambda: lambda: session.run([PROBABILITIES], inputs) and None
 
 
 def batch() -> np.ndarray:
@@ -195,15 +212,17 @@ def main() -> None:
         work = Path(tmp)
         onnx = publish(work / "repo") / "model.onnx"
         best = probe_mlserver(onnx, work, args, console)
-        ours, url = start_ours(work / "repo", work / "ours.log")
+        grpc_port = free_port()
+        ours, url = start_ours(work / "repo", work / "ours.log", grpc_port=grpc_port)
         peer, make_peer = launch_mlserver(onnx, work, best["parallel_workers"], best["threads"],
                                           args.mlserver_client)
-        makers = {"modelmint": lambda: http_sender(url), "mlserver": make_peer}
+        makers = {"modelmint": lambda: http_sender(url),
+                  "modelmint-grpc": lambda: grpc_sender(f"127.0.0.1:{grpc_port}"),
+                  "mlserver": make_peer, BARE: bare_sender(onnx)}
         try:
             for r in range(args.rounds):
                 for c in args.concurrency:
-                    order = ("modelmint", "mlserver") if (r + c) % 2 == 0 else (
-                        "mlserver", "modelmint")
+                    order = list(makers) if (r + c) % 2 == 0 else list(makers)[::-1]
                     for who in order:
                         result = closed_loop(makers[who], c, args.duration, args.warmup)
                         rows.setdefault((who, c), []).append(result)
@@ -241,8 +260,18 @@ def report(rows: dict[tuple[str, int], list[dict[str, Any]]], best: dict[str, An
     ratio = peak["modelmint"] / peak["mlserver"] if peak["mlserver"] else float("inf")
     console.print(f"peak req/s: modelmint {peak['modelmint']:.1f}, MLServer "
                   f"{peak['mlserver']:.1f} ({ratio:.2f}x)")
+    # Against the physical limit in the same rounds: throughput share and added p50.
+    bare = {r["concurrency"]: r for r in out if r["server"] == BARE}
+    versus_bare = [{"server": r["server"], "concurrency": r["concurrency"],
+                    "rps_share": r["rps"]["median"] / bare[r["concurrency"]]["rps"]["median"],
+                    "added_p50_ms": r["p50_ms"] - bare[r["concurrency"]]["p50_ms"]}
+                   for r in out if r["server"] != BARE and r["concurrency"] in bare]
+    for v in versus_bare:
+        console.print(f"{v['server']} c={v['concurrency']}: {v['rps_share']:.0%} of bare ONNX "
+                      f"Runtime's req/s, p50 +{v['added_p50_ms']:.2f} ms")
     if args.json:
-        print(json.dumps({"rows": out, "mlserver_best": best, "peak_rps": peak,
+        print(json.dumps({"rows": out, "versus_bare": versus_bare, "mlserver_best": best,
+                          "peak_rps": peak,
                           "peak_ratio": ratio, "foreign_cpu_s": round(foreign, 1),
                           "cpus": os.cpu_count(), "duration_s": args.duration,
                           "rounds": args.rounds, "mlserver_client": args.mlserver_client}))
