@@ -169,8 +169,7 @@ def _tensor_metadata(specs: list[dict[str, Any]]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[["Servicer", Req, Any], Awaitable[Resp]]
-# The request as bytes (grpc.aio here: parsed in _guard) or already parsed (Ray Serve's gRPC).
-RawHandler = Callable[["Servicer", bytes | Message, Any], Awaitable[Resp]]
+RawHandler = Callable[["Servicer", bytes, Any], Awaitable[Resp]]
 
 
 def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
@@ -180,7 +179,7 @@ def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
     request_type, route = RPCS[name]
 
     @functools.wraps(handler)
-    async def guarded(self: Servicer, raw: bytes | Message, context: Any) -> Resp:
+    async def guarded(self: Servicer, raw: bytes, context: Any) -> Resp:
         try:
             if self.policy.token_required(route) and not self.policy.authorized(
                     dict(context.invocation_metadata()).get("authorization")):
@@ -189,7 +188,7 @@ def _guard(handler: Handler[Req, Resp]) -> RawHandler[Resp]:
                     f"'authorization: Bearer TOKEN' ({TOKEN_SOURCE})")
             else:
                 try:
-                    request = raw if isinstance(raw, request_type) else request_type.FromString(raw)
+                    request = request_type.FromString(raw)
                 except DecodeError:
                     kind = request_type.DESCRIPTOR.full_name
                     raise InvalidInput(f"the request is not a valid {kind} message") from None
