@@ -38,6 +38,7 @@ from .._tasks.registry import candidates_for, get_task, load_task_data
 from ..errors import DataError, MintError, TrainingInterrupted
 from . import leaderboard
 from .artifact import INFO_FILE, SavedFitted, save_fitted
+from .interrupt import interrupt_outside_storage
 from .notes import notes_for
 from .options import TrainOptions
 from .plan import FixedTrial, enqueue_plan, requeue_interrupted
@@ -286,12 +287,13 @@ def run_search(opts: TrainOptions, run_dir: Path, console: Console, started: flo
                      "plan": "fixed" if opts.fixed else "search", "split": data.split_note,
                      "budget": opts.budget}
     try:
-        if opts.ray:
-            from .ray_runner import run_on_ray
+        with interrupt_outside_storage():
+            if opts.ray:
+                from .ray_runner import run_on_ray
 
-            run_on_ray(search, opts)
-        else:
-            search.run()
+                run_on_ray(search, opts)
+            else:
+                search.run()
     except KeyboardInterrupt:
         leaderboard.save(run_dir, leaderboard.rows_from_study(study), board_summary)
         write_run(run_dir, opts, "interrupted")

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.db"
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 15  # a RUNNING trial without a heartbeat for this long is failed and retried
+# SQLite lets one writer in at a time and makes the others wait this long (its default, 5 s,
+# is short for a loaded machine: the heartbeat thread writes beside the trial's own records).
+SQLITE_WAIT_SECONDS = 30
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -48,10 +51,12 @@ def storage_url(url: str) -> str:
 
 def open_study(opts: TrainOptions, run_dir: Path, task: str) -> optuna.Study:
     url = storage_url(opts.storage or f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
+    engine = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}} if url.startswith("sqlite") \
+        else None
     for attempt in range(3):
         try:
             retry = _retry_callback()
-            storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                  grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
             break
         except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use it"
