@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -20,6 +21,14 @@ from modelmint._search.options import TrainOptions
 from modelmint._search.study_storage import STUDY_FILE, open_study
 
 TASK = "image-classification"
+
+
+@pytest.fixture(autouse=True)
+def python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler, as in ``mint train`` (a test before may have set another)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def test_sigint_during_a_commit_waits_for_it_to_finish(tmp_path: Path,
@@ -69,3 +78,18 @@ def test_sigint_outside_a_database_call_interrupts_at_once(tmp_path: Path) -> No
     with pytest.raises(KeyboardInterrupt), interrupt_outside_storage():
         study.optimize(objective, n_trials=1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_handler_set_before_still_decides(tmp_path: Path) -> None:
+    calls: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    study = open_study(TrainOptions(data=str(tmp_path), name="chained"), tmp_path, TASK)
+
+    def objective(trial: optuna.Trial) -> float:
+        signal.raise_signal(signal.SIGINT)
+        return 1.0
+
+    with interrupt_outside_storage():
+        study.optimize(objective, n_trials=1)
+    assert calls == [signal.SIGINT]
+    assert study.trials[0].state == TrialState.COMPLETE

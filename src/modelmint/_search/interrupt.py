@@ -31,14 +31,22 @@ def in_storage_call(frame: FrameType | None) -> bool:
 
 
 class _Handler:
-    def __init__(self) -> None:
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous  # what SIGINT did before: it still decides what happens
         self.pending = False
         self.active = True
         self.lock = threading.Lock()
 
+    def deliver(self, signum: int, frame: FrameType | None) -> Any:
+        self.pending = False
+        if callable(self.previous):  # Python's own handler raises KeyboardInterrupt
+            return self.previous(signum, frame)
+        if self.previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
     def _retry(self, signum: int) -> None:
         with self.lock:
-            if self.active:  # else the block has ended and raises what is owed itself
+            if self.active:  # else the block has ended and delivers what is owed itself
                 # A real signal, so that a sleep or a blocking read in the main thread ends too.
                 signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
@@ -48,25 +56,25 @@ class _Handler:
             retry = threading.Timer(RETRY_SECONDS, self._retry, (signum,))
             retry.daemon = True
             retry.start()
-            return
-        self.pending = False
-        raise KeyboardInterrupt
+            return None
+        return self.deliver(signum, frame)
 
 
 @contextmanager
 def interrupt_outside_storage() -> Iterator[None]:
-    """While active, SIGINT waits for the main thread to leave a database call."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # not ours to change: a thread, or someone else's handler
+    """While active, SIGINT waits for the main thread to leave a database call, then does what
+    it did before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a signal handler
         return
-    handler = _Handler()
+    handler = _Handler(signal.getsignal(signal.SIGINT))
     signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         with handler.lock:
             handler.active = False
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, handler.previous if handler.previous is not None
+                      else signal.SIG_DFL)
     if handler.pending:  # the search ended in a database call: the interrupt is still owed
-        raise KeyboardInterrupt
+        handler.deliver(signal.SIGINT, None)
