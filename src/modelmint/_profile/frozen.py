@@ -66,9 +66,13 @@ class OnnxFrozenPrefix(nn.Module):
                 warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             path = Path(tmp) / "prefix.onnx"
-            torch.onnx.export(module.eval(), (example.contiguous(),), str(path),
-                              input_names=["x"], output_names=["y"], opset_version=OPSET,
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            sample = module.eval()(example[:1].contiguous())
+            self.outputs = [f"y{i}" for i in range(len(sample))] \
+                if isinstance(sample, tuple) else ["y"]
+            torch.onnx.export(module, (example.contiguous(),), str(path),
+                              input_names=["x"], output_names=self.outputs,
+                              opset_version=OPSET,
+                              dynamic_axes={name: {0: "batch"} for name in ["x", *self.outputs]},
                               dynamo=False)
             graph = path.read_bytes()
         options = ort.SessionOptions()
@@ -81,7 +85,8 @@ class OnnxFrozenPrefix(nn.Module):
     def train(self, mode: bool = True) -> OnnxFrozenPrefix:
         return self  # frozen: model.train() must not switch its BatchNorm to batch statistics
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
+        """A tensor, or a tuple of them where the module returns a tuple."""
         inputs = np.ascontiguousarray(x.detach().contiguous().numpy(), dtype=np.float32)
-        (out,) = self.session.run(["y"], {"x": inputs})
-        return torch.from_numpy(out)
+        out = [torch.from_numpy(y) for y in self.session.run(self.outputs, {"x": inputs})]
+        return tuple(out) if self.outputs != ["y"] else out[0]
