@@ -17,7 +17,7 @@ def test_trials_run_on_ray(tiny_images: Path, tmp_path: Path, ray_cluster: Any) 
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelmint.cli", "train", str(tiny_images), "--name", "onray",
          "--repo", str(tmp_path / "models"), "--runs-dir", str(tmp_path / "runs"),
-         "--budget", "240", "--max-trials", "2", "--candidates", "mobilenet_v2/*",
+         "--budget", "240", "--max-trials", "1", "--candidates", "mobilenet_v2/*",
          "--ray", ray_cluster.address, "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=380)
