@@ -5,7 +5,8 @@ open (Optuna rolls back only on SQLAlchemy's own errors), so SQLite stays locked
 heartbeat thread and Optuna's own "the trial failed" record then fail with "database is
 locked", and Optuna gives up on the trial with an ``AssertionError`` instead of the interrupt.
 So while the search runs, SIGINT looks at where the main thread is: inside the study's storage
-it is asked again a moment later, anywhere else it raises ``KeyboardInterrupt`` as usual.
+it is asked again a moment later, anywhere else it does what it did before (Python's own
+handler: ``KeyboardInterrupt``).
 """
 
 from __future__ import annotations

@@ -81,16 +81,17 @@ def stratified_subset(items: list[tuple[str, int]], n: int) -> list[tuple[str, i
     return [item for _, _, item in sorted(keyed)[:n]]
 
 
-def prefix_engine(prefix: nn.Module, spec: ImageSpec, engine: str = ENGINE_ORT) -> nn.Module:
-    """The prefix as run to fill the cache. By default the same graph in ONNX Runtime: BatchNorm
-    folded, conv+activation fused, NHWC kernels; measured here 2-6x faster than eager PyTorch
-    for the MobileNetV2 / EfficientNet-Lite0 prefixes, equal within 2e-4 (tests/profile/
-    test_frozen.py). A prefix ONNX cannot export falls back to eager PyTorch."""
+def prefix_engine(prefix: nn.Module, size: int, engine: str = ENGINE_ORT) -> nn.Module:
+    """The prefix as run to fill the cache (``size``: the side of its square input). By default
+    the same graph in ONNX Runtime: BatchNorm folded, conv+activation fused, NHWC kernels;
+    measured here 2-6x faster than eager PyTorch for the MobileNetV2 / EfficientNet-Lite0
+    prefixes, equal within 2e-4 (tests/profile/test_frozen.py). A prefix ONNX cannot export
+    falls back to eager PyTorch."""
     if engine != ENGINE_ORT:
         return prefix
     prefix.eval().requires_grad_(False)  # it never trains: the cache is built from it
     try:
-        return OnnxFrozenPrefix(prefix, torch.zeros(1, 3, spec.crop, spec.crop))
+        return OnnxFrozenPrefix(prefix, torch.zeros(1, 3, size, size))
     except Exception as exc:  # any export/load failure: eager PyTorch still works
         warnings.warn(f"frozen prefix not exportable to ONNX Runtime ({exc}); "
                       "filling the activation cache with eager PyTorch", stacklevel=2)
@@ -104,7 +105,7 @@ def build_cache(prefix: nn.Module, crops: dict[str, Image.Image], train: list[tu
                 engine: str = ENGINE_ORT) -> ActivationCache:
     """Val first (evaluation must see all of it), then the centre view of as many training
     images as the deadline allows (normally all), then each extra view if it still fits."""
-    prefix = prefix_engine(prefix, spec, engine)
+    prefix = prefix_engine(prefix, spec.crop, engine)
     started = time.monotonic()
     val_x = run_prefix(prefix, [crops[f] for f, _ in val], spec, tick)
     if deadline is not None and val:

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..._data.dataset import TaskData
 from ..._data.detection import LetterboxSpec, letterbox_geometry, letterbox_picture
 from ..._data.preprocess import open_image, to_tensor
-from ..._profile.frozen import OnnxFrozenPrefix
 from ..._train import tensorfile
+from ..._train.cache import prefix_engine
 from .model import Detector, Prefix
 
 CACHE_VERSION = 2  # 2: the prefix runs in ONNX Runtime (values within 1e-5 of eager PyTorch's)
@@ -39,19 +39,19 @@ def letterbox_spec(size: int) -> LetterboxSpec:
 
 
 class PrefixEngine:
-    """The frozen prefix run by ONNX Runtime: 0.11-0.18 s for 8 images at 320 px on this 2-core
-    CPU against 0.63-0.77 s in eager PyTorch. Exported on first use (~0.5 s), so a trial whose
+    """The frozen prefix as classification's cache runs it (:func:`prefix_engine`: ONNX Runtime,
+    eager PyTorch if the export fails): 0.11-0.18 s for 8 images at 320 px on this 2-core CPU
+    against 0.63-0.77 s in eager PyTorch. Exported on first use (~0.5 s), so a trial whose
     views are all cached exports nothing."""
 
     def __init__(self, prefix: Prefix, size: int) -> None:
         self.prefix, self.size = prefix, size
-        self._engine: OnnxFrozenPrefix | None = None
+        self._engine: nn.Module | None = None
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self._engine is None:
             with torch.inference_mode(False):  # the export traces the module
-                self._engine = OnnxFrozenPrefix(self.prefix.eval(),
-                                                torch.zeros(1, 3, self.size, self.size))
+                self._engine = prefix_engine(self.prefix, self.size)
         c3, c4 = self._engine(x)
         return c3, c4
 
