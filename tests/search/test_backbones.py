@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from modelmint._data.preprocess import preprocess
-from modelmint._tasks.image.backbones import EFFICIENTNET_LITE0, efficientnet_imagenet
+from modelmint._tasks.image.backbones import EFFICIENTNET_LITE0
+from modelmint._train.backbone import efficientnet_imagenet
 
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
 

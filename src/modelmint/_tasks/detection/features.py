@@ -4,8 +4,8 @@ pays for the tail, the FPN and the head.
 
 View 0 of an image is exactly what serving sees (the decoded upright picture, letterboxed); view
 1 is its mirror; later views are box-aware random zoom-out / IoU crops (``transforms.v2`` on
-``BoundingBoxes``, sanitised) of the mirrored or plain picture. Each (input size, view) is one
-safetensors file, so a trial asking for more views than an earlier one extends the cache.
+``BoundingBoxes``, sanitised) of the mirrored or plain picture. Each (backbone, input size, view)
+is one safetensors file, so a trial asking for more views than an earlier one extends the cache.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..._data.detection import LetterboxSpec, letterbox_geometry, letterbox_pict
 from ..._data.preprocess import open_image, to_tensor
 from ..._train import tensorfile
 from ..._train.cache import prefix_engine
+from .backbones import DetectionBackbone
 from .model import Detector, Prefix
 
 CACHE_VERSION = 2  # 2: the prefix runs in ONNX Runtime (values within 1e-5 of eager PyTorch's)
@@ -34,8 +35,8 @@ BATCH = 16
 MAX_VIEWS = 4
 
 
-def letterbox_spec(size: int) -> LetterboxSpec:
-    return LetterboxSpec(resize=size, crop=size)
+def letterbox_spec(backbone: DetectionBackbone, size: int) -> LetterboxSpec:
+    return LetterboxSpec(resize=size, crop=size, mean=backbone.mean, std=backbone.std)
 
 
 class PrefixEngine:
@@ -60,8 +61,8 @@ class PrefixEngine:
 class ViewFeatures:
     """The prefix features of one view of a list of images, with their boxes in tensor pixels."""
 
-    c3: Tensor  # [n, 32, S/8, S/8] FP16
-    c4: Tensor  # [n, 96, S/16, S/16] FP16
+    c3: Tensor  # [n, C3, S/8, S/8] FP16
+    c4: Tensor  # [n, C4, S/16, S/16] FP16
     files: list[str]
     boxes: list[list[list[float]]]
     labels: list[list[int]]
@@ -82,7 +83,8 @@ class ViewFeatures:
                 None if self.mid is None else self.mid[rows].float())
 
 
-_memory: dict[tuple[str, int, str], ViewFeatures] = {}  # (cache dir, size, view name) -> views
+# (cache dir, backbone, size, view name) -> views
+_memory: dict[tuple[str, str, int, str], ViewFeatures] = {}
 
 
 def _shrunk(picture: Image.Image, boxes: np.ndarray, size: int) -> tuple[Image.Image, np.ndarray]:
@@ -119,8 +121,8 @@ def _augment(picture: Image.Image, boxes: np.ndarray, labels: list[int], view: i
             [int(v) for v in out["labels"]])
 
 
-def _view_file(cache_dir: Path, size: int, view: str) -> Path:
-    return cache_dir / f"detection-mobilenet_v2-{size}-{view}.safetensors"
+def _view_file(cache_dir: Path, backbone: DetectionBackbone, size: int, view: str) -> Path:
+    return cache_dir / f"detection-{backbone.name}-{size}-{view}.safetensors"
 
 
 def _load(path: Path, files: list[str]) -> ViewFeatures | None:
@@ -156,21 +158,21 @@ def _build(prefix: PrefixEngine, data: TaskData, items: list[tuple[str, Any]], v
                         all_labels)
 
 
-def view_features(prefix: PrefixEngine, data: TaskData, split: str, view: int, size: int,
-                  cache_dir: Path) -> ViewFeatures:
+def view_features(prefix: PrefixEngine, data: TaskData, split: str, view: int,
+                  backbone: DetectionBackbone, size: int, cache_dir: Path) -> ViewFeatures:
     """One view of the train or val images: memory, then disk, then computed (and saved)."""
     name = "val" if split == "val" else f"train{view}"
-    key = (str(cache_dir), size, name)
+    key = (str(cache_dir), backbone.name, size, name)
     items = data.val if split == "val" else data.train
     files = [f for f, _ in items]
     if key in _memory and _memory[key].files == files:
         return _memory[key]
-    path = _view_file(cache_dir, size, name)
+    path = _view_file(cache_dir, backbone, size, name)
     found = _load(path, files) if path.exists() else None
     if found is None:
         seed = int(data.extra.get("seed", 0))
-        found = _build(prefix, data, items, 0 if split == "val" else view, letterbox_spec(size),
-                       seed)
+        found = _build(prefix, data, items, 0 if split == "val" else view,
+                       letterbox_spec(backbone, size), seed)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tensorfile.save(path, {"c3": found.c3, "c4": found.c4},
                         {"version": CACHE_VERSION, "files": files, "boxes": found.boxes,
@@ -179,18 +181,19 @@ def view_features(prefix: PrefixEngine, data: TaskData, split: str, view: int, s
     return found
 
 
-def train_views(prefix: PrefixEngine, data: TaskData, views: int, size: int, cache_dir: Path,
-                deadline: float, seconds_per_view: float) -> list[ViewFeatures]:
+def train_views(prefix: PrefixEngine, data: TaskData, views: int, backbone: DetectionBackbone,
+                size: int, cache_dir: Path, deadline: float,
+                seconds_per_view: float) -> list[ViewFeatures]:
     """Up to ``views`` cached views of the training images; beyond the plain one, a view is
     only built while the deadline leaves room for it and for some training after it."""
-    out = [view_features(prefix, data, "train", 0, size, cache_dir)]
+    out = [view_features(prefix, data, "train", 0, backbone, size, cache_dir)]
     for view in range(1, min(views, MAX_VIEWS)):
-        cached = (str(cache_dir), size, f"train{view}") in _memory or \
-            _view_file(cache_dir, size, f"train{view}").exists()
+        cached = (str(cache_dir), backbone.name, size, f"train{view}") in _memory or \
+            _view_file(cache_dir, backbone, size, f"train{view}").exists()
         cost = seconds_per_view * len(data.train)
         if not cached and time.monotonic() + 3 * cost > deadline:
             break
-        out.append(view_features(prefix, data, "train", view, size, cache_dir))
+        out.append(view_features(prefix, data, "train", view, backbone, size, cache_dir))
     return out
 
 
@@ -199,6 +202,6 @@ def val_geometry(data: TaskData, size: int) -> list[Any]:
     return [letterbox_geometry(int(t["width"]), int(t["height"]), size) for _, t in data.val]
 
 
-def is_cached(size: int) -> bool:
-    """Whether this process already holds features at input size ``size``."""
-    return any(key[1] == size for key in _memory)
+def is_cached(backbone: DetectionBackbone, size: int) -> bool:
+    """Whether this process already holds ``backbone``'s features at input size ``size``."""
+    return any(key[1:3] == (backbone.name, size) for key in _memory)

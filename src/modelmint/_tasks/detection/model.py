@@ -1,5 +1,5 @@
-"""The detector: MobileNetV2 cut in three (a frozen prefix whose stride-8 and stride-16
-features are cached, a tail ``features[14:18]`` that may be fine-tuned, giving stride 32), a
+"""The detector: an ImageNet backbone cut in three (:mod:`.backbones`: a frozen prefix whose
+stride-8 and stride-16 features are cached, a tail that may be fine-tuned, giving stride 32), a
 narrow top-down FPN (1x1 lateral convolutions, upsampled and added) and a torchvision detection
 head: FCOS (anchor-free, ``FCOSHead`` + FCOS's own target matching and loss) or RetinaNet
 (``RetinaNetHead`` with 9 anchors per cell, IoU matching and focal loss), each branch cut to
@@ -24,13 +24,10 @@ from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from ..._train.backbone import MOBILENET_V2, weights_path
+from .backbones import DETECTION_BACKBONES, MOBILENET
 
 HEADS = ("fcos", "retinanet")
 STRIDES = (8, 16, 32)
-C3_CUT, C4_CUT = 7, 14  # features[:7] → 32 ch at stride 8; features[:14] → 96 ch at stride 16
-TAIL_BLOCKS = 4  # features[14:18] → 320 ch at stride 32
-CHANNELS = (32, 96, 320)
 WIDTHS = (32, 64)  # the FPN's channels (FCOSHead's group norm needs multiples of 32)
 # Convolutions per head branch: torchvision's default of 4, at full resolution, is most of the
 # cost of an epoch on cached features.
@@ -41,22 +38,12 @@ RETINA_RATIOS = (0.5, 1.0, 2.0)
 FCOS_CENTER_SAMPLING = 1.5
 
 
-def mobilenet_features() -> nn.Sequential:
-    """MobileNetV2's ``features`` with ImageNet weights from the weights package."""
-    net = torchvision.models.mobilenet_v2()
-    state = torch.load(weights_path(MOBILENET_V2), map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
-    features: nn.Sequential = net.features
-    return features
-
-
 class Prefix(nn.Module):
     """The frozen part: image → (stride-8, stride-16) features, cached per image view."""
 
-    def __init__(self, features: nn.Sequential) -> None:
+    def __init__(self, to_c3: nn.Module, to_c4: nn.Module) -> None:
         super().__init__()
-        self.to_c3 = features[:C3_CUT]
-        self.to_c4 = features[C3_CUT:C4_CUT]
+        self.to_c3, self.to_c4 = to_c3, to_c4
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         c3 = self.to_c3(x)
@@ -112,16 +99,19 @@ class Detector(nn.Module):
     matcher: Any  # RetinaNet's IoU matcher
 
     def __init__(self, num_classes: int, size: int, head: str = "fcos", width: int = 64,
-                 head_convs: int = 2, pretrained: bool = True) -> None:
+                 head_convs: int = 2, pretrained: bool = True,
+                 backbone: str = MOBILENET.name) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown detection head {head!r}; expected one of {HEADS}")
-        features = mobilenet_features() if pretrained else torchvision.models.mobilenet_v2(
-        ).features
+        if backbone not in DETECTION_BACKBONES:
+            raise ValueError(f"unknown detection backbone {backbone!r}; expected one of "
+                             f"{sorted(DETECTION_BACKBONES)}")
+        self.backbone = DETECTION_BACKBONES[backbone]
+        to_c3, to_c4, self.tail = self.backbone.build(pretrained)
         self.kind, self.size, self.num_classes = head, size, num_classes
-        self.prefix = Prefix(features)
-        self.tail = features[C4_CUT:C4_CUT + TAIL_BLOCKS]
-        self.fpn = LightFPN(CHANNELS, width)
+        self.prefix = Prefix(to_c3, to_c4)
+        self.fpn = LightFPN(self.backbone.channels, width)
         norm = partial(nn.GroupNorm, 16)
         anchors, self.per_level = _anchors(size, head)
         self.register_buffer("anchors", anchors, persistent=False)
@@ -136,7 +126,7 @@ class Detector(nn.Module):
             self.head = retina
             self.box_coder = retina.regression_head.box_coder
             self.matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)
-        self.freeze(TAIL_BLOCKS)
+        self.freeze(len(self.tail))
 
     def freeze(self, frozen_blocks: int) -> None:
         """The prefix and the first ``frozen_blocks`` tail blocks stay as ImageNet trained."""

