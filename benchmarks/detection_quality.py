@@ -108,8 +108,12 @@ def mint_train(data: Path, work: Path, name: str, seed: int, budget: float) -> d
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    winner = result.get("winner") or {}
     return {"wall_s": round(time.monotonic() - t0, 1), "map50": result["map50"],
-            "map50_95": result["map50_95"], "repo": str(work / "models"), "name": name}
+            "map50_95": result["map50_95"], "winner": winner.get("candidate"),
+            "trials": [{k: t.get(k) for k in ("candidate", "state", "score", "seconds")}
+                       for t in result.get("trials") or []],
+            "repo": str(work / "models"), "name": name}
 
 
 def run_peer(data: Path, seed: int, budget: float) -> dict[str, Any]:

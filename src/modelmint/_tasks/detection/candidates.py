@@ -1,6 +1,6 @@
 """Detection candidates: MobileNetV2 + FCOS (baseline with fixed parameters, and searched),
-MobileNetV2 + RetinaNet and EfficientNet-Lite0 + FCOS (searched), all trained on cached prefix
-features (:mod:`.features`) by :class:`.training.DetectorTrainer`.
+MobileNetV2 + RetinaNet, MobileNetV2 + Faster R-CNN and EfficientNet-Lite0 + FCOS (searched),
+all trained on cached prefix features (:mod:`.features`) by :class:`.training.DetectorTrainer`.
 
 The search space: input size, learning rate, epochs, how many of the backbone's tail blocks stay
 frozen, the number of cached views per training image, the FPN's width and the head's depth.
@@ -39,6 +39,9 @@ INPUT_SIZES = (256, 320, 384)
 # is in :mod:`.backbones`: the prefix (decode, augment, letterbox, cached layers) and one
 # training step per cached view (FPN 32 wide, FCOS head of 2 convolutions, the last tail block
 # fine-tuned, loss, backward; the frozen tail blocks run once per trial, not per epoch).
+# A training step's cost by head, against FCOS's (measured at 320 px, FPN 32 wide, 2 convolutions
+# per branch): Faster R-CNN's region pooling and its backward dominate its step.
+HEAD_COST = {"fcos": 1.0, "retinanet": 1.0, "faster_rcnn": 2.2}
 MIN_EPOCHS = 2  # the least a searched trial is worth running for
 # The baseline: cheap (the plain view only, the whole tail frozen, the narrowest head), at the
 # searched trials' usual input size so that they reuse its feature cache.
@@ -112,7 +115,8 @@ class DetectionCandidate:
         cost = self.backbone
         prefix = 0.0 if is_cached(cost, size) else cost.prefix_seconds * _scale(size) * images
         epochs = 2 if self.kind == "baseline" else MIN_EPOCHS
-        return prefix + 2.0 + epochs * cost.train_seconds * _scale(size) * len(data.train)
+        step = cost.train_seconds * HEAD_COST[self.head] * _scale(size)
+        return prefix + 2.0 + epochs * step * len(data.train)
 
     def fit(self, data: TaskData, trial: Trial | None, deadline: float,
             workdir: Path) -> DetectionFitted:
@@ -168,4 +172,5 @@ class DetectionCandidate:
 def detection_candidates() -> list[DetectionCandidate]:
     return [DetectionCandidate("fcos", "baseline"), DetectionCandidate("fcos", "finetune"),
             DetectionCandidate("retinanet", "finetune"),
+            DetectionCandidate("faster_rcnn", "finetune"),
             DetectionCandidate("fcos", "finetune", EFFICIENTNET_LITE0)]

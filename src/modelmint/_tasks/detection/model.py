@@ -1,13 +1,13 @@
 """The detector: an ImageNet backbone cut in three (:mod:`.backbones`: a frozen prefix whose
 stride-8 and stride-16 features are cached, a tail that may be fine-tuned, giving stride 32), a
 narrow top-down FPN (1x1 lateral convolutions, upsampled and added) and a torchvision detection
-head: FCOS (anchor-free, ``FCOSHead`` + FCOS's own target matching and loss) or RetinaNet
+head: FCOS (anchor-free, ``FCOSHead`` + FCOS's own target matching and loss), RetinaNet
 (``RetinaNetHead`` with 9 anchors per cell, IoU matching and focal loss), each branch cut to
-one or two convolutions.
+one or two convolutions, or Faster R-CNN (:mod:`.two_stage`: proposals, then region pooling).
 
 The anchors depend only on the input size ``S``, so they are computed once and kept as a buffer;
 the exported graph carries them as constants and returns dense boxes in tensor pixels and a
-probability per class for every anchor.
+probability per class for every anchor (for Faster R-CNN: every kept proposal and class).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from .backbones import DETECTION_BACKBONES, MOBILENET
+from .two_stage import FasterRCNNHead
 
-HEADS = ("fcos", "retinanet")
+HEADS = ("fcos", "retinanet", "faster_rcnn")
 STRIDES = (8, 16, 32)
 WIDTHS = (32, 64)  # the FPN's channels (FCOSHead's group norm needs multiples of 32)
 # Convolutions per head branch: torchvision's default of 4, at full resolution, is most of the
@@ -113,12 +114,16 @@ class Detector(nn.Module):
         self.prefix = Prefix(to_c3, to_c4)
         self.fpn = LightFPN(self.backbone.channels, width)
         norm = partial(nn.GroupNorm, 16)
-        anchors, self.per_level = _anchors(size, head)
+        if head == "faster_rcnn":  # its own anchors, proposals and box decoding
+            self.head: nn.Module = FasterRCNNHead(width, num_classes, size, head_convs)
+            anchors, self.per_level = self.head.anchors, self.head.per_level
+        else:
+            anchors, self.per_level = _anchors(size, head)
         self.register_buffer("anchors", anchors, persistent=False)
         if head == "fcos":
-            self.head: nn.Module = FCOSHead(width, 1, num_classes, num_convs=head_convs)
+            self.head = FCOSHead(width, 1, num_classes, num_convs=head_convs)
             self.box_coder: Any = det_utils.BoxLinearCoder(normalize_by_size=True)
-        else:
+        elif head == "retinanet":
             retina = RetinaNetHead(width, len(RETINA_SCALES) * len(RETINA_RATIOS), num_classes,
                                    norm_layer=norm)
             retina.classification_head.conv = retina.classification_head.conv[:head_convs]
@@ -161,6 +166,8 @@ class Detector(nn.Module):
 
     def loss(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
         """The head's training loss for ``targets`` (boxes in tensor pixels, labels)."""
+        if isinstance(self.head, FasterRCNNHead):
+            return self.head.loss(outputs, targets)
         anchors = [self.anchors] * len(targets)
         if self.kind == "fcos":
             losses = _FcosMatcher(self.head).compute_loss(targets, outputs, anchors,
@@ -180,6 +187,9 @@ class Detector(nn.Module):
 
     def dense(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Head outputs → boxes [N, A, 4] in tensor pixels and class probabilities [N, A, C]."""
+        if isinstance(self.head, FasterRCNNHead):
+            boxes, scores = self.head.dense(outputs)
+            return boxes.clamp(0.0, float(self.size)), scores
         codes = outputs["bbox_regression"]
         if self.kind == "fcos":
             boxes = self.box_coder.decode(codes, self.anchors)
