@@ -9,8 +9,9 @@ graph has a dynamic batch, so :meth:`FasterRCNNHead.dense` is written batched, w
 loop and no data-dependent shapes. It keeps a fixed number of proposals per image (the best by
 objectness) without the proposal stage's non-maximum suppression: NMS would make the count per
 image vary, and duplicate proposals lead to duplicate detections that the server's per-class NMS
-removes anyway. Region pooling runs every level's ``roi_align`` on every proposal and keeps the
-level ``MultiScaleRoIAlign`` would pick, since its own per-level indexing is data-dependent.
+removes anyway. Region pooling takes the rows of ``[N * P, 5]`` regions (image index first) that
+``MultiScaleRoIAlign``'s level rule gives to each level, pools them there, and scatters them
+back, instead of its list-per-image interface.
 
 The dense output has one row per (proposal, class): that class's box and a score vector holding
 that class's probability alone, so a class's score never rides on another class's box.
@@ -44,7 +45,9 @@ RPN_PRE_NMS, RPN_POST_NMS = 600, 300
 RPN_SAMPLES = 256  # anchors sampled per image for the objectness loss
 ROI_SAMPLES = 128  # regions per image through the box head in training (torchvision: 512)
 REPRESENTATION = 256  # TwoMLPHead width (torchvision: 1024)
-POOLED, SAMPLING_RATIO = 7, 2
+# One bilinear sample per bin (torchvision: 2): the exported graph (320 px, FPN 64 wide) runs in
+# 30 ms instead of 36 here, and the Mask R-CNN paper finds the count matters little.
+POOLED, SAMPLING_RATIO = 7, 1
 # FPN's level rule as torchvision applies it: a 224-pixel box pools from level 4.
 CANONICAL_SCALE, CANONICAL_LEVEL = 224, 4
 
@@ -141,11 +144,13 @@ class FasterRCNNHead(nn.Module):
         rois = torch.cat([image[:, None, None].expand(-1, per_image, 1), proposals], 2)
         rois = rois.reshape(-1, 5)
         level = roi_pool.map_levels([rois[:, 1:]])
-        pooled = torch.stack([roi_align(feature, rois, POOLED, scale, SAMPLING_RATIO)
-                              for feature, scale in zip(levels, roi_pool.scales, strict=True)], 1)
-        # A 0/1 weight per level: the unpicked levels add exact zeros.
-        pick = level[:, None] == torch.arange(len(levels), device=level.device)
-        out: Tensor = (pooled * pick.to(pooled.dtype)[:, :, None, None, None]).sum(1)
+        # Each proposal is pooled on its own level only (index, pool, scatter back): pooling
+        # every proposal on every level made the exported graph take 50 ms, not 36.
+        out = rois.new_zeros((rois.shape[0], levels[0].shape[1], POOLED, POOLED))
+        for index, (feature, scale) in enumerate(zip(levels, roi_pool.scales, strict=True)):
+            keep = torch.where(level == index)[0]
+            out = out.index_put((keep,), roi_align(feature, rois[keep], POOLED, scale,
+                                                   SAMPLING_RATIO))
         return out
 
     def propose(self, outputs: dict[str, Tensor]) -> Tensor:
