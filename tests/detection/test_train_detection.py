@@ -26,6 +26,7 @@ from modelmint._tasks.detection.export import export_detector
 from modelmint._tasks.detection.features import _augment
 from modelmint._tasks.detection.model import Detector
 from modelmint._tasks.detection.training import map50
+from modelmint._tasks.detection.two_stage import FasterRCNNHead
 from modelmint._train import tensorfile
 from modelmint.errors import RepositoryError
 
@@ -137,15 +138,20 @@ def test_candidates_baseline_first_and_fixed_plan_covers_the_search_space() -> N
     assert set(fcos.first_trial()) == set(params)  # the plan sets every searched parameter
 
 
-def test_export_refuses_a_graph_that_disagrees(tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["retinanet", "faster_rcnn"])
+def test_export_refuses_a_graph_that_disagrees(tmp_path: Path, head: str) -> None:
     torch.manual_seed(0)
-    model = Detector(2, 128, "retinanet", 32, 1).eval()
+    model = Detector(2, 128, head, 32, 1).eval()
     sample = torch.randn(2, 3, 128, 128).numpy()
-    path = export_detector(model, tmp_path, "mobilenet_v2+retinanet", sample)
+    path = export_detector(model, tmp_path, f"mobilenet_v2+{head}", sample)
     boxes, scores = ort.InferenceSession(str(path)).run(None, {"input": sample})
-    assert boxes.shape == (2, model.anchors.shape[0], 4) and scores.shape[2] == 2
+    rows = model.anchors.shape[0] if head == "retinanet" else 300 * 2  # proposals x classes
+    assert boxes.shape == (2, rows, 4) and scores.shape[2] == 2
     with torch.no_grad():
-        model.head.classification_head.cls_logits.bias += 1.0  # type: ignore[union-attr]
+        if isinstance(model.head, FasterRCNNHead):  # one class's logit: the softmax moves
+            model.head.roi_heads.box_predictor.cls_score.bias[1] += 1.0
+        else:
+            model.head.classification_head.cls_logits.bias += 1.0  # type: ignore[union-attr]
     from modelmint._tasks.detection.export import check_detector
 
     with pytest.raises(RepositoryError, match="differs from torch"):

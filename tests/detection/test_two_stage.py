@@ -15,10 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from modelmint._repository import OPSET
-from modelmint._tasks.detection.export import _unmatched_rows, check_detector, export_detector
-from modelmint._tasks.detection.model import Detector
+from modelmint._tasks.detection.export import _unmatched_rows
 from modelmint._tasks.detection.two_stage import LEVEL_NAMES, FasterRCNNHead
-from modelmint.errors import RepositoryError
 
 SIZE, WIDTH, CLASSES = 128, 32, 2
 STEPS = 30
@@ -204,21 +202,13 @@ def test_dense_exports_with_a_dynamic_batch(tmp_path: Path, tied: bool) -> None:
         assert np.abs(onnx_boxes - boxes.numpy()).max() < 1e-3 * SIZE
 
 
-def test_the_export_check_matches_proposals_as_a_set(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = Detector(2, 128, "faster_rcnn", 32, 1).eval()
-    sample = torch.rand(2, 3, 128, 128).numpy()
-    path = export_detector(model, tmp_path, "mobilenet_v2+faster_rcnn", sample)
-    boxes, scores = ort.InferenceSession(str(path)).run(None, {"input": sample})
-    order = np.random.default_rng(0).permutation(boxes.shape[1])
+def test_the_export_check_matches_rows_as_a_set() -> None:
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 1, (2, 60, 4)).astype(np.float32)
+    scores = rng.uniform(0, 1, (2, 60, CLASSES)).astype(np.float32)
+    order = rng.permutation(boxes.shape[1])
     # Near-equal objectness may come out in another order: the same rows still match.
     assert _unmatched_rows(boxes, scores, boxes[:, order], scores[:, order]) == 0
     shifted = boxes.copy()
-    shifted[:, :10] += 0.5
+    shifted[1, :10] += 0.01  # 10 rows of one image, each 1 % of the input off
     assert _unmatched_rows(boxes, scores, shifted, scores) == 10
-    with torch.no_grad():
-        head = model.head
-        assert isinstance(head, FasterRCNNHead)
-        head.roi_heads.box_predictor.cls_score.bias[1] += 1.0  # one class: softmax moves
-    with pytest.raises(RepositoryError, match="differs from torch"):
-        check_detector(path, model, sample)
