@@ -75,13 +75,19 @@ class Classifier(nn.Module):
         return self.from_activations(self.prefix(x))
 
 
+def mobilenet_v2(pretrained: bool = True) -> torchvision.models.MobileNetV2:
+    """torchvision's MobileNetV2, with the weights package's ImageNet weights when asked."""
+    net = torchvision.models.mobilenet_v2()
+    if pretrained:
+        state = torch.load(weights_path(MOBILENET_V2), map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+    return net
+
+
 def build(info: BackboneInfo, num_classes: int, pretrained: bool = True) -> Classifier:
     if info.name != "mobilenet_v2":
         raise MintError(f"unknown backbone {info.name!r}; known: {sorted(BACKBONES)}")
-    net = torchvision.models.mobilenet_v2()
-    if pretrained:
-        state = torch.load(weights_path(info), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
+    net = mobilenet_v2(pretrained)
     head = nn.Sequential(nn.Dropout(0.2), nn.Linear(info.feature_dim, num_classes))
     return Classifier(net.features[: info.cut], net.features[info.cut:], head)
 

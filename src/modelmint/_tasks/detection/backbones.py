@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torchvision
 from torch import nn
 
 from ..._data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from ..._train.backbone import MOBILENET_V2, efficientnet_imagenet, weights_path
+from ..._train.backbone import MOBILENET_V2, efficientnet_imagenet, mobilenet_v2
 
 Parts = tuple[nn.Module, nn.Module, nn.Sequential]  # to_c3, to_c4, tail
 
@@ -40,13 +39,7 @@ class DetectionBackbone:
 
 
 def _mobilenet(pretrained: bool) -> Parts:
-    import torch
-
-    net = torchvision.models.mobilenet_v2()
-    if pretrained:
-        state = torch.load(weights_path(MOBILENET_V2), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
-    features = net.features
+    features = mobilenet_v2(pretrained).features
     return features[:7], features[7:14], features[14:18]
 
 
