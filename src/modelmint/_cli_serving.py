@@ -61,7 +61,7 @@ def _serve(values: dict[str, Any]) -> None:
                    allowed_hosts=values["allowed_host"] or (),
                    read_timeout_s=values["read_timeout"],
                    decode_memory=values["decode_memory"],
-                   decode_threads=values["decode_threads"])
+                   decode_threads=values["decode_threads"], log_level=values["log_level"])
     except MintError as exc:
         _fail(exc)
 

@@ -91,6 +91,10 @@ SERVE: tuple[Setting, ...] = (
             "Seconds a client has to send a request's headers, and again its body; slower "
             "HTTP requests get 408 and the connection closes (gRPC: the connection "
             "handshake).", min=0.1),
+    Setting("log_level", str, "warning",
+            "Level of the server's own log: debug, info, warning or error. At info each "
+            "version's load and unload is logged phase by phase with its times and CPU "
+            "(docs/serving.md). Requests are never logged one by one."),
     Setting("ray", str, None,
             "Serve through Ray Serve on this Ray cluster (ADDRESS: 'auto' or HOST:PORT): "
             "--replicas replicas behind Ray Serve's ingress on --host/--http-port and "

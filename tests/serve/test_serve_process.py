@@ -93,3 +93,11 @@ def test_serving_never_imports_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, "importing modelmint._serve/client pulled in torch"
+
+
+def test_run_server_refuses_an_unknown_log_level(repo_root: Path) -> None:
+    from modelmint._serve import run_server
+    from modelmint.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="log level 'loud': expected one of debug, info"):
+        run_server(repo_root, http_port=0, log_level="loud")

@@ -96,6 +96,7 @@ class InstancePool:
         self._on_state = on_state
         self._warm: Warm | None = None
         self._instances = [_Instance(i) for i in range(count)]
+        self._starting: list[Executor] = []  # spawned by start(), not yet live
         self._lock = threading.Lock()
         self._report_lock = threading.Lock()  # states reach on_state in the order they arose
         self._held: deque[_Request] = deque()
@@ -112,9 +113,9 @@ class InstancePool:
         return len(self._instances)
 
     def pids(self) -> list[int]:
-        """The live workers' process ids (none for in-process executors)."""
+        """The live or starting workers' process ids (none for in-process executors)."""
         with self._lock:
-            executors = [i.executor for i in self._instances if i.live]
+            executors = [i.executor for i in self._instances if i.live] + self._starting
         return [pid for e in executors if isinstance(pid := getattr(e, "pid", None), int)]
 
     # --- start and stop --------------------------------------------------------------------
@@ -139,6 +140,8 @@ class InstancePool:
         for thread in threads:
             thread.join()
         executors = [e for e in spawned if e is not None and not isinstance(e, BaseException)]
+        with self._lock:
+            self._starting = list(executors)
         try:
             for result in spawned:
                 if isinstance(result, BaseException):
@@ -150,11 +153,14 @@ class InstancePool:
                 runs = warm(executor)
                 executor.promote()
         except BaseException:
+            with self._lock:
+                self._starting = []
             for executor in executors:
                 executor.close()
             raise
         now = time.monotonic()
         with self._lock:
+            self._starting = []
             for inst, executor in zip(self._instances, executors, strict=True):
                 inst.executor, inst.live, inst.started_at = executor, True, now
             self._warm, self._started = warm, True

@@ -12,9 +12,9 @@ order, on a loader thread, never on the request path:
 3. READY: the workers are raised to normal priority, then the served set is replaced in one
    assignment (the atomic switch);
 4. the versions no longer wanted go DRAINING (no new requests, in-flight ones finish), then
-   UNLOADED (worker stopped), and are then forgotten with their metrics: the index reports
-   one still on disk as not selected by the policy, and a server updated every few seconds
-   holds the same state after a thousand updates as after one.
+   UNLOADED (worker stopped), and are then forgotten with their metrics (a server updated
+   every few seconds holds the same state after a thousand updates as after one). Each load
+   and unload logs its phases, their times and CPU (:mod:`.phases`).
 
 A version that fails at 1-2 is FAILED with a reason and never takes traffic; while any wanted
 version is not READY nothing is unloaded, so the old version keeps serving.
@@ -38,6 +38,7 @@ from .._repository import ModelConfig, ModelRepository, VersionRef
 from ..errors import InvalidInput, MintError, NotFound, RepositoryError
 from .decoding import release_free_memory
 from .instances import RESTARTING
+from .phases import PhaseClock
 from .reporting import IGNORED, LogOnce, index_entry, index_order
 from .warmup import warmup
 
@@ -74,6 +75,9 @@ class Servable:
     @property
     def version(self) -> int:
         return self.ref.version
+
+    def pids(self) -> list[int]:
+        return [] if self.executor is None else self.executor.pids()
 
 
 class Lifecycle:
@@ -161,22 +165,19 @@ class Lifecycle:
                 elif s.state in SERVING:
                     s.config = config
             if all(current[v].state == READY for v in wanted):
-                unloaded = False
-                for version, s in list(current.items()):
-                    if version not in wanted and s.state in SERVING:
-                        self._unload(s)
-                        self._publish(model)
-                        unloaded = True
-                if unloaded:
+                clocks = [self._unload(s) for version, s in list(current.items())
+                          if version not in wanted and s.state in SERVING]
+                if clocks:
                     # What the old version held is free now; without this glibc keeps the freed
                     # pages in its per-thread arenas and the RSS creeps up update after update
                     # (~5 % of a 100 MB server under mixed traffic). A few ms, once per update.
+                    clocks[-1].mark("releasing")
                     release_free_memory()
+                for clock in clocks:
+                    clock.done()
             for version, s in list(current.items()):
-                # An unloaded version is forgotten (the index reports one still on disk as not
-                # selected by the policy); a failed one only once gone from disk, its reason
-                # being worth reporting until then. Otherwise every hot update would keep one
-                # more version, its metadata and its metrics, for the server's lifetime.
+                # An unloaded version is forgotten (the index reports it as not selected by the
+                # policy); a failed one once gone from disk, its reason being worth reporting.
                 if s.state == UNLOADED or (version not in refs and s.state == FAILED):
                     del current[version]
                     self._forget_metrics(s)
@@ -191,12 +192,15 @@ class Lifecycle:
         where = f"model {s.ref.model!r} version {s.version}"
         started = time.perf_counter()
         loaded: list[float] = []
+        clock = PhaseClock(s.ref.model, s.version, "load", s.pids)
 
         def warming() -> None:
             loaded.append(time.perf_counter())
+            clock.mark("warming")
             self._set(s, WARMING)
 
         try:
+            clock.mark("loading")
             self._set(s, LOADING)
             self.build(s)
             model = s.model
@@ -211,9 +215,11 @@ class Lifecycle:
             reason = str(exc) if isinstance(exc, MintError) else repr(exc)
             self._set(s, FAILED, reason)
             log.error("%s failed to load, skipping it: %s", where, reason)
+            clock.done("failed")
             return
         self._set(s, READY)
         self._publish(s.ref.model)  # the atomic switch: new requests may pick this version now
+        clock.done("ready")
         s.executor.report()  # a worker that died since it was warmed is restarting already
         observe = getattr(self.hooks(), "observe_load", None)
         if observe is not None:
@@ -221,15 +227,20 @@ class Lifecycle:
         log.info("loaded %s in %.2f s, warmed up with %d run(s) in %.2f s", where,
                  loaded[0] - started, runs, warm - loaded[0])
 
-    def _unload(self, s: Servable) -> None:
+    def _unload(self, s: Servable) -> PhaseClock:
+        """Drain and stop ``s``; the returned clock's step is over once ``done()``."""
+        clock = PhaseClock(s.ref.model, s.version, "unload", s.pids)
+        clock.mark("draining")
         self._set(s, DRAINING)
         self._publish(s.ref.model)  # no new requests from here on
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while s.inflight > 0 and time.monotonic() < deadline:
             time.sleep(0.005)
+        clock.mark("stopping")
         self._close(s)
         self._set(s, UNLOADED, "unloaded")
         log.info("unloaded model %r version %d", s.ref.model, s.version)
+        return clock
 
     def _close(self, s: Servable) -> None:
         if s.batcher is not None and s.loop is not None and not s.loop.is_closed():
@@ -281,7 +292,7 @@ class Lifecycle:
             self.unloaded.add(model)
             for s in list(self.versions.get(model, {}).values()):
                 if s.state in SERVING:
-                    self._unload(s)
+                    self._unload(s).done()
             self._publish(model)
 
     def close(self) -> None:

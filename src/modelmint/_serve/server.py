@@ -31,7 +31,7 @@ from .._settings import (
     DEFAULT_METRICS_PORT,
     DEFAULT_READ_TIMEOUT_S,
 )
-from ..errors import MintError
+from ..errors import InvalidInput, MintError
 from .auth import AccessPolicy, access_policy
 from .dataplane import DataPlane
 from .decoding import started_pool
@@ -120,8 +120,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _configure_logging(level: str) -> None:
     """Our logger reports skipped models at startup; give it a handler if nobody has."""
+    if level.lower() not in LOG_LEVELS:
+        raise InvalidInput(f"log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
     logger = logging.getLogger("modelmint")
     logger.setLevel(level.upper())
     if not logger.handlers and not logging.getLogger().handlers:
@@ -259,7 +264,9 @@ def build_server(dataplane: DataPlane, host: str = "127.0.0.1",
                             read_timeout_s=read_timeout_s))
     app = create_app(dataplane, max_request_bytes, policy=policy, read_timeout_s=read_timeout_s)
     # asyncio's own loop even if uvloop is installed: grpc.aio is built for asyncio's loop.
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", loop="asyncio",
+    # No access log: a line per request would cost the request path more than it serves.
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                            loop="asyncio",
                             http=head_deadline_protocol(read_timeout_s),
                             timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=10)
     metrics = (None if metrics_port is None

@@ -10,12 +10,14 @@ has already been undone by the codec).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._data.detection import Letterbox
 from ..errors import InvalidInput
+
+if TYPE_CHECKING:  # a worker process imports this module: it must stay light (no PIL)
+    from .._data.detection import Letterbox
 
 # V2 datatype -> NumPy dtype. Explicit little-endian because the binary tensor extension and
 # Triton define raw tensor bytes as little-endian regardless of the host.

@@ -149,6 +149,11 @@ def main(argv: list[str]) -> None:
     conn.send(("ready", graph_tensors(session.get_inputs()),
                graph_tensors(session.get_outputs())))
     _serve(conn, session, json.loads(outputs), shared, int(slot_bytes))
+    # Straight out, without tearing the session down piece by piece: the kernel frees it all
+    # at once anyway, and a stopping worker runs beside live requests (measured on MobileNetV2:
+    # ~75 ms of CPU to stop, most of it destructors).
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve(conn: Connection, session: Any, names: list[str], shared: mmap.mmap | None,

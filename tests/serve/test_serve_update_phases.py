@@ -1,0 +1,89 @@
+"""What a hot update does beside live requests: its phases are logged with their times and
+CPU, and its worker processes are scheduled as the server's own (so SCHED_IDLE holds)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from modelmint._serve import DataPlane
+from modelmint._serve.lifecycle import UNLOADED
+from modelmint._serve.phases import PREFIX
+from modelmint._serve.worker import BOOTSTRAP
+
+
+def steps(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [json.loads(r.getMessage()[len(PREFIX):]) for r in caplog.records
+            if r.getMessage().startswith(PREFIX)]
+
+
+def test_a_hot_update_logs_each_phase_with_its_time_and_cpu(
+        tmp_path: Path, publish: Callable[..., Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="modelmint._serve")
+    publish(tmp_path, seed=0)
+    plane = DataPlane(tmp_path, isolation="process")
+    try:
+        plane.load()
+        publish(tmp_path, seed=1)
+        plane.lifecycle.reconcile("tiny")  # what a poll does: load 2, then unload 1
+        assert {e["version"]: e["state"] for e in plane.repository_index()}["1"] == UNLOADED
+    finally:
+        plane.close()
+    loads = [s for s in steps(caplog) if s["step"] == "load"]
+    [unload] = [s for s in steps(caplog) if s["step"] == "unload"]
+    assert [s["version"] for s in loads] == [1, 2] and unload["version"] == 1
+    for step, names in [(loads[1], ["loading", "warming", "ready"]),
+                        (unload, ["draining", "stopping", "releasing", "done"])]:
+        marks = step["marks"]
+        assert isinstance(marks, list) and [m[0] for m in marks] == names
+        times = [m[1] for m in marks]
+        assert times == sorted(times) and time.time() - 60 < times[0] <= time.time()
+        assert all(front >= 0 and workers >= 0 for _, _, front, workers in marks)
+    # Starting a worker process (interpreter, NumPy, onnxruntime, the session) takes CPU:
+    # the loading phase counts the new worker's, which /proc reports in 10 ms ticks.
+    assert loads[1]["marks"][0][3] >= 0.01
+    # The stopped worker's CPU reaches us once it is reaped; its whole life is not counted.
+    assert unload["marks"][1][3] < loads[1]["marks"][0][3] + loads[1]["marks"][1][3] + 1
+
+
+def test_workers_are_in_the_server_session_and_scheduling_group(
+        tmp_path: Path, publish: Callable[..., Path]) -> None:
+    publish(tmp_path, seed=0)
+    plane = DataPlane(tmp_path, isolation="process")
+    try:
+        plane.load()
+        [pid] = plane.lifecycle.served["tiny"][1].executor.pids()  # type: ignore[union-attr]
+        # A session of its own would be an autogroup of its own, with a full share of the CPU
+        # whatever its threads' policy: SCHED_IDLE would not keep a loading worker out of
+        # the way of live requests.
+        assert os.getsid(pid) == os.getsid(0)
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text() == Path("/proc/self/autogroup").read_text()
+        # Its own process group still: a Ctrl-C to the server's group is the server's.
+        assert os.getpgid(pid) != os.getpgid(0)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        expected = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+        assert f"OPENBLAS_NUM_THREADS={expected}".encode() in environ
+    finally:
+        plane.close()
+
+
+def test_a_worker_imports_nothing_it_does_not_use() -> None:
+    code = BOOTSTRAP.replace("main(sys.argv[1:])\n", "").replace(
+        "if sys.argv[8] == '1':\n    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n",
+        "")
+    code += "print(sorted(m for m in sys.modules if m.startswith(('PIL', 'modelmint._data', " \
+            "'torch', 'starlette', 'grpc'))))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
