@@ -147,7 +147,7 @@ def in_process(version: Path) -> Any:
 
     pre = json.loads((version / "modelmint.json").read_text())["preprocessing"]
     spec = LetterboxSpec.from_json(pre)
-    session = _session(str(version / "model.onnx"), os.cpu_count() or 1, True)
+    session = _session(str(version / "model.onnx"), os.cpu_count() or 1, True, False)
 
     def run(blob: bytes) -> Any:
         x, _ = letterbox_batch([blob], spec)

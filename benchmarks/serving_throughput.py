@@ -147,7 +147,7 @@ def bare_jpeg_sender(onnx: Path, jpeg: bytes) -> Callable[[], Sender]:
     from modelmint._serve.worker import _session
 
     meta = ModelMetadata.from_json(json.loads((onnx.parent / METADATA_FILE).read_text()))
-    session = _session(str(onnx), os.cpu_count() or 1, True)
+    session = _session(str(onnx), os.cpu_count() or 1, True, False)
     return lambda: lambda: session.run(
         [PROBABILITIES], {TENSOR_INPUT: preprocess(jpeg, meta.preprocessing)[None]}) and None
 
@@ -157,7 +157,7 @@ def bare_sender(onnx: Path) -> Callable[[], Sender]:
     settings, shared by every sender thread (``run`` releases the GIL)."""
     from modelmint._serve.worker import _session
 
-    session = _session(str(onnx), os.cpu_count() or 1, True)
+    session = _session(str(onnx), os.cpu_count() or 1, True, False)
     inputs = {TENSOR_INPUT: batch()}
     return lambda: lambda: session.run([PROBABILITIES], inputs) and None
 

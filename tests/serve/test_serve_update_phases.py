@@ -78,12 +78,59 @@ def test_workers_are_in_the_server_session_and_scheduling_group(
         plane.close()
 
 
-def test_a_worker_imports_nothing_it_does_not_use() -> None:
+def test_a_worker_imports_nothing_it_does_not_use(tmp_path: Path,
+                                                  publish: Callable[..., Path]) -> None:
+    onnx = publish(tmp_path, seed=0) / "model.onnx"
     code = BOOTSTRAP.replace("main(sys.argv[1:])\n", "").replace(
         "if sys.argv[8] == '1':\n    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n",
         "")
-    code += "print(sorted(m for m in sys.modules if m.startswith(('PIL', 'modelmint._data', " \
-            "'torch', 'starlette', 'grpc'))))\n"
+    # What a worker imports up to serving: its module, then onnxruntime and the session.
+    code += (f"from modelmint._serve.worker import _session; _session({str(onnx)!r}, 1, True, "
+             "False)\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('PIL', 'modelmint._data', "
+             "'modelmint._repository', 'torch', 'starlette', 'grpc'))))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_worker_runs_requests_side_by_side() -> None:
+    """ONNX Runtime runs concurrent requests on one session; one at a time left a core idle
+    while the other finished its part of each request. Two runs that each wait for the other
+    can only both succeed if the worker runs them at once."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    import numpy as np
+
+    from modelmint._serve.worker import _serve
+
+    both = threading.Barrier(2)
+
+    class WaitsForTheOther:
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            both.wait(timeout=20)
+            return [feeds["input"] * 2]
+
+    ours, theirs = socket.socketpair()
+    parent, child = Connection(ours.detach()), Connection(theirs.detach())
+    worker = threading.Thread(target=_serve, args=(child, WaitsForTheOther(), ["out"], None, 0,
+                                                   2))
+    worker.start()
+    try:
+        for request_id in (1, 2):
+            payload = np.full((1, 2), request_id, np.float32).tobytes()
+            parent.send(("run", request_id, None, [1, 2], payload))
+        answers = {}
+        for _ in range(2):
+            kind, request_id, *rest = parent.recv()
+            answers[request_id] = (kind, rest)
+        assert {k: v[0] for k, v in answers.items()} == {1: "ok", 2: "ok"}, answers
+        data = np.frombuffer(answers[2][1][1][0], np.float32)
+        assert data.tolist() == [4.0, 4.0]
+    finally:
+        parent.send(("stop",))
+        worker.join(30)
+        parent.close()
+        child.close()

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._tensor_names import PROBABILITIES
 from ..errors import ModelNotReady, RepositoryError
+from .torch_runner import needs_torch
 from .types import GraphTensors, Outputs
 from .worker import BOOTSTRAP, can_raise_priority, graph_tensors, run_session
 
@@ -83,7 +84,8 @@ class ThreadExecutor:
         self.pool = pool
         self.outputs = list(outputs)
         try:
-            self.session = _session(str(onnx), os.cpu_count() or 1, True)
+            self.session = _session(str(onnx), os.cpu_count() or 1, True,
+                                    needs_torch(onnx.parent))
         except RepositoryError:
             raise  # already names the file and the problem
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
@@ -151,7 +153,8 @@ class ProcessExecutor:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(onnx),
                  self._shm_path, str(SLOTS), str(self.slot_bytes), str(os.cpu_count() or 1),
-                 "1" if arena else "0", idle_flag, json.dumps(self.outputs)],
+                 "1" if arena else "0", idle_flag, json.dumps(self.outputs),
+                 "1" if needs_torch(onnx.parent) else "0"],
                 # Its own process group: a Ctrl-C or a signal to the server's process group is
                 # the server's to handle (it stops its workers); a worker whose server died
                 # exits on the socket's EOF. Not its own session: with the kernel's autogroups
