@@ -41,7 +41,7 @@ import numpy as np
 
 from _common import own_tree
 from _mlserver import MODEL_NAME, free_port, start_mlserver, stop
-from _phases import breakdown, read_steps, unloaded_versions
+from _phases import UnloadWatch, breakdown, read_steps
 from _phases import report as report_phases
 from serving_throughput import Sender, grpc_sender, http_sender, start_ours
 
@@ -125,13 +125,14 @@ def ours_update(repo: Path, source: Path, log: Path, serving: int
     index every few ms would add load of our own to the window. The server's log says when
     a version is unloaded."""
     current = [serving]
+    unloaded = UnloadWatch(log, MODEL_NAME)
 
     def update() -> float | None:
         new = publish_copy(repo, source)
         published = time.perf_counter()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if current[0] in unloaded_versions(log, MODEL_NAME):
+            if current[0] in unloaded():
                 current[0] = new
                 return published
             time.sleep(0.02)
