@@ -5,16 +5,14 @@ spread across them, and supervision, so that a dead worker is never an outage.
 * **Detection**: a worker's death is seen at once by its executor's reader thread (EOF on its
   socket, see :mod:`.executors`), which tells the pool before failing the requests it held.
 * **Retry**: a request in flight on the dead worker runs again, once, on a live instance (or
-  the restarted one) when the version is stateless: running it twice then has no effect
-  beyond its answer. One that cannot run again fails with :class:`ModelNotReady` (503) and a
-  ``retry_after`` estimate.
+  the restarted one) when the version is stateless (running it twice has no other effect);
+  else it fails with :class:`ModelNotReady` (503) and a ``retry_after`` estimate.
 * **Hold**: while no instance is live but one is restarting, requests wait for it (at most
   ``HOLD_S``, at most ``MAX_HELD`` of them): a one-instance crash costs latency, not errors.
 * **Restart**: at once, then with exponential back-off (``BACKOFF_BASE_S`` doubling up to
-  ``BACKOFF_CAP_S``) while it keeps failing (a start that fails, or a crash within
-  ``STABLE_S`` of the start); after ``MAX_FAILURES`` in a row the instance stays down, and a
-  version with no instance live or restarting is FAILED. A restart runs at idle priority
-  while another instance serves (it must not slow it down), else at normal priority.
+  ``BACKOFF_CAP_S``) while it keeps failing (a failed start, or a crash within ``STABLE_S``);
+  after ``MAX_FAILURES`` in a row the instance stays down, and a version with no instance live
+  or restarting is FAILED. At idle priority while another instance serves, else at normal.
 """
 
 from __future__ import annotations
@@ -153,14 +151,14 @@ class InstancePool:
                 runs = warm(executor)
                 executor.promote()
         except BaseException:
-            with self._lock:
-                self._starting = []
             for executor in executors:
                 executor.close()
             raise
+        finally:
+            with self._lock:
+                self._starting = []
         now = time.monotonic()
         with self._lock:
-            self._starting = []
             for inst, executor in zip(self._instances, executors, strict=True):
                 inst.executor, inst.live, inst.started_at = executor, True, now
             self._warm, self._started = warm, True
