@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 
 def fail(exc: MintError) -> None:
     """Print a MintError's message and exit: 130 for an interrupted job, 2 otherwise."""
-    err_console.print(f"[bold red]error:[/] {exc.message}")
+    # Not wrapped at the console's width (80 columns when not a terminal): a message names
+    # paths and fields, which must stay whole for whoever reads, copies or greps the log.
+    err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
     raise typer.Exit(130 if isinstance(exc, TrainingInterrupted) else 2)
 
 

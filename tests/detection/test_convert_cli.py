@@ -68,10 +68,12 @@ def test_bad_source_or_format_is_a_clear_error(shapes: Path, tmp_path: Path, arg
 
 
 def test_missing_source_folder_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["convert", str(tmp_path / "absent"), str(tmp_path / "o"),
+    # A long path: the message must not be cut into lines at the console's width.
+    absent = tmp_path / ("deep-" * 12) / "absent"
+    result = CliRunner().invoke(app, ["convert", str(absent), str(tmp_path / "o"),
                                       "--to", "voc"])
     assert result.exit_code == 2
-    assert "not a folder" in result.output
+    assert f"{absent}: not a folder" in result.output
 
 
 def test_check_reports_a_detection_folder(shapes: Path) -> None:
