@@ -56,15 +56,17 @@ def rss(pid: int) -> int:
 
 
 def server_pids() -> list[int]:
-    """This process (the server's front end, which decodes) and its children (the workers)."""
-    me, pids = os.getpid(), [os.getpid()]
+    """This process (the server's front end, which decodes) and its descendants: the fork
+    server and the workers it forked."""
+    parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(fields[1]) == me:
-            pids.append(int(stat.parent.name))
+    pids = [os.getpid()]
+    for pid in pids:  # grows as it goes: breadth first
+        pids.extend(child for child, parent in parents.items() if parent == pid)
     return pids
 
 
@@ -132,7 +134,8 @@ def test_worst_case_images_at_once_stay_within_a_gigabyte_of_idle(
     with start_full_server(repo_root, isolation="process") as (server, _):
         assert infer(server.url, png(Image.new("RGB", (300, 200)))).status_code == 200  # warm
         pids = server_pids()
-        assert len(pids) >= 2, "expected the version's worker process beside the front end"
+        assert len(pids) >= 3, "expected the fork server and the version's worker beside the " \
+            "front end"
         gc.collect()
         release_free_memory()  # the baseline is what is in use, not what glibc kept
         idle = settled_rss(pids)

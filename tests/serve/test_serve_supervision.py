@@ -26,7 +26,7 @@ import tritonclient.grpc as grpcclient
 
 from modelmint._repository import CONFIG_FILE, ONNX_FILE
 from modelmint._repository.config import BatchingConfig
-from modelmint._serve import DataPlane, instances
+from modelmint._serve import DataPlane, forkserver, instances
 from modelmint._serve.batching import DynamicBatcher
 from modelmint._serve.instances import InstancePool, backoff_s
 from modelmint._serve.lifecycle import FAILED, READY
@@ -194,8 +194,16 @@ def test_one_instance_recovers_alone_and_readiness_follows(
             stateful = kill_number == 3  # a version whose requests may not run twice
             pool.stateless = not stateful
             [victim] = pool.pids()
-            killed = kill(victim, freeze_s)
-            wait_for(lambda: not any(readiness(url, grpc)), 5)  # false at once...
+            # A replacement is forked in a few ms: with the fork server stopped, the time
+            # without a worker lasts until it is let go, long enough to see readiness false.
+            fork_server = forkserver.shared_pid()
+            assert fork_server is not None
+            os.kill(fork_server, signal.SIGSTOP)
+            try:
+                killed = kill(victim, freeze_s)
+                wait_for(lambda: not any(readiness(url, grpc)), 5)  # false at once...
+            finally:
+                os.kill(fork_server, signal.SIGCONT)
             wait_for(lambda: all(readiness(url, grpc)), RECOVERY_S)  # ...then true
             recovered = time.monotonic() - killed
             wait_for(partial(load.settled, killed))
@@ -203,7 +211,8 @@ def test_one_instance_recovers_alone_and_readiness_follows(
             in_flight = load.in_flight_at(killed)
             print(f"\ninstances=1 kill {kill_number}{' (stateful)' if stateful else ''}: "
                   f"{len(in_flight)} request(s) in flight, {len(failed)} failed, ready again "
-                  f"{recovered:.2f} s after the kill, no load call")
+                  f"{recovered:.2f} s after the kill (its fork server held until readiness "
+                  "was seen false), no load call")
             # Only requests in flight at the kill that could not run again fail, with a 503
             # that says when to come back.
             assert len(failed) <= len(in_flight)

@@ -16,7 +16,7 @@ import pytest
 
 from modelmint._serve import DataPlane
 from modelmint._serve.lifecycle import UNLOADED
-from modelmint._serve.phases import PREFIX
+from modelmint._serve.phases import PREFIX, PhaseClock, process_cpu_s
 from modelmint._serve.worker import BOOTSTRAP
 
 
@@ -48,11 +48,32 @@ def test_a_hot_update_logs_each_phase_with_its_time_and_cpu(
         times = [m[1] for m in marks]
         assert times == sorted(times) and time.time() - 60 < times[0] <= time.time()
         assert all(front >= 0 and workers >= 0 for _, _, front, workers in marks)
-    # Starting a worker process (interpreter, NumPy, onnxruntime, the session) takes CPU:
-    # the loading phase counts the new worker's, which /proc reports in 10 ms ticks.
-    assert loads[1]["marks"][0][3] >= 0.01
     # The stopped worker's CPU reaches us once it is reaped; its whole life is not counted.
     assert unload["marks"][1][3] < loads[1]["marks"][0][3] + loads[1]["marks"][1][3] + 1
+
+
+def test_a_phase_counts_the_cpu_its_workers_took() -> None:
+    """Read from /proc while a worker lives (10 ms ticks), from its reaping once it is gone."""
+    burn = ("import time\nend = time.thread_time() + 0.2\nwhile time.thread_time() < end: pass\n"
+            "import sys; sys.stdin.read()\n")
+    worker = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, text=True)
+    try:
+        clock = PhaseClock("m", 1, "load", lambda: [worker.pid])
+        clock.mark("busy")
+        deadline = time.monotonic() + 30
+        while process_cpu_s(worker.pid) < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        clock.mark("gone")
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(30)
+        clock.mark("after")
+    finally:
+        worker.kill()
+        worker.wait()
+    busy, gone = clock.marks[0][3], clock.marks[1][3]
+    assert isinstance(busy, float) and busy >= 0.15
+    assert isinstance(gone, float) and gone < 0.1  # not counted twice once reaped
 
 
 def test_workers_are_in_the_server_session_and_scheduling_group(

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._tensor_names import PROBABILITIES
 from ..errors import ModelNotReady, RepositoryError
+from .forkserver import IDLE_ARG, WORKER_ENV, Forked, fork_worker
 from .torch_runner import needs_torch
 from .types import GraphTensors, Outputs
 from .worker import BOOTSTRAP, can_raise_priority, graph_tensors, run_session
@@ -44,7 +45,22 @@ START_TIMEOUT_S = 120.0
 # SCHED_IDLE gets ~0.3% of a core while the others are saturated: a loader that has not
 # finished by then is raised to normal priority, so an update still completes under overload.
 IDLE_GRACE_S = 10.0
+EXIT_STATUS_WAIT_S = 1.0
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+def _spawn(fd: int, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker started as an interpreter of its own (for what must be set before exec, such
+    as ``LD_PRELOAD``); otherwise workers are forked (see :mod:`.forkserver`)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", BOOTSTRAP, str(fd), *argv],
+        # Its own process group: a Ctrl-C or a signal to the server's process group is the
+        # server's to handle (it stops its workers); a worker whose server died exits on the
+        # socket's EOF. Not its own session: with the kernel's autogroups
+        # (sched_autogroup_enabled, on by default) a session is a scheduling group of its own
+        # with a full share of the CPU, which undid SCHED_IDLE: a loading worker took live
+        # requests' p50 from 9 to 16 ms.
+        pass_fds=(fd,), env={**WORKER_ENV, **os.environ, **env}, process_group=0)
 
 
 class WorkerGone(ModelNotReady):
@@ -143,25 +159,16 @@ class ProcessExecutor:
         try:
             os.ftruncate(fd, SLOTS * self.slot_bytes)
             self._shared = mmap.mmap(fd, SLOTS * self.slot_bytes)
-            # NumPy's OpenBLAS starts a spinning thread per core at import, at the moment the
-            # worker loads beside live requests; the worker never calls BLAS. One thread: the
-            # import takes half the CPU (measured: 120-230 ms of CPU for 70-130 ms of wall).
-            env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
-            if jemalloc and JEMALLOC.is_file():
-                env["LD_PRELOAD"] = str(JEMALLOC)
-            idle_flag = "1" if idle and can_raise_priority() else "0"
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", BOOTSTRAP, str(theirs.fileno()), str(onnx),
-                 self._shm_path, str(SLOTS), str(self.slot_bytes), str(os.cpu_count() or 1),
-                 "1" if arena else "0", idle_flag, json.dumps(self.outputs),
-                 "1" if needs_torch(onnx.parent) else "0"],
-                # Its own process group: a Ctrl-C or a signal to the server's process group is
-                # the server's to handle (it stops its workers); a worker whose server died
-                # exits on the socket's EOF. Not its own session: with the kernel's autogroups
-                # (sched_autogroup_enabled, on by default) a session is a scheduling group of
-                # its own with a full share of the CPU, which undid SCHED_IDLE: a loading
-                # worker took live requests' p50 from 9 to 16 ms.
-                pass_fds=(theirs.fileno(),), env=env, process_group=0)
+            argv = [str(onnx), self._shm_path, str(SLOTS), str(self.slot_bytes),
+                    str(os.cpu_count() or 1), "1" if arena else "0",
+                    "1" if idle and can_raise_priority() else "0", json.dumps(self.outputs),
+                    "1" if needs_torch(onnx.parent) else "0"]
+            self.idle = argv[IDLE_ARG] == "1"
+            self.proc: subprocess.Popen[bytes] | Forked
+            if jemalloc and JEMALLOC.is_file():  # an allocator is chosen before exec
+                self.proc = _spawn(theirs.fileno(), argv, {"LD_PRELOAD": str(JEMALLOC)})
+            else:
+                self.proc = fork_worker(theirs.fileno(), argv)
         except BaseException:
             self._unlink()
             ours.close()
@@ -177,7 +184,7 @@ class ProcessExecutor:
         self._reader.start()
         self._grace = threading.Timer(IDLE_GRACE_S, self._not_ready_in_time)
         self._grace.daemon = True
-        if idle_flag == "1":
+        if self.idle:
             self._grace.start()
 
     def _not_ready_in_time(self) -> None:
@@ -243,9 +250,7 @@ class ProcessExecutor:
                     self._answer(message)
         except (EOFError, OSError):
             pass
-        code = self.proc.wait()
-        reason = (f"its worker process exited (code {code})" if code >= 0
-                  else f"its worker process was killed by signal {-code}")
+        reason = self._exit_reason()
         with self._lock:
             self.dead = reason
         if not self._closing and self.on_exit is not None:
@@ -256,6 +261,19 @@ class ProcessExecutor:
             settle(future, error=WorkerGone(f"{self.what}: {reason} during this request"))
         settle(self._started, error=RepositoryError(f"{self.what}: {reason} while loading"))
         settle(self._promoted, False)
+
+    def _exit_reason(self) -> str:
+        # A forked worker's status comes from its fork server: one that is stuck must not
+        # keep the worker's requests and its restart waiting.
+        try:
+            code = self.proc.wait(EXIT_STATUS_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return "its worker process closed its connection (no exit status yet)"
+        if getattr(self.proc, "status_lost", False):
+            return "its worker process exited (its exit status went with its fork server)"
+        if code >= 0:
+            return f"its worker process exited (code {code})"
+        return f"its worker process was killed by signal {-code}"
 
     def _answer(self, message: tuple[Any, ...]) -> None:
         kind, request_id = message[0], message[1]

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .forkserver import ForkServer
+
 log = logging.getLogger("modelmint._serve")
 
 PREFIX = "phases "
@@ -42,7 +44,8 @@ def reaped_children_cpu_s() -> float:
     """CPU seconds of every child process reaped so far (a stopped worker's teardown shows up
     here once it has been waited for, never in ``/proc``)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    # Forked workers are the fork server's children: it reports their CPU as it reaps them.
+    return usage.ru_utime + usage.ru_stime + ForkServer.reaped_cpu_s
 
 
 class PhaseClock:

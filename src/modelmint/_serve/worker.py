@@ -1,9 +1,10 @@
 """The worker process that owns one model version's ONNX Runtime session (child side).
 
-Started by :class:`.executors.ProcessExecutor` as ``python -c BOOTSTRAP`` with one end of a
-socketpair on fd ``argv[1]``. The bootstrap lowers the process to ``SCHED_IDLE`` before any
-import, so importing onnxruntime, creating the session and warming up only ever use CPU the
-serving processes leave idle (session creation holds the GIL and the CPU in long chunks: inside
+Forked by :mod:`.forkserver` (NumPy and onnxruntime already imported), or, where something
+must be set before exec (``LD_PRELOAD``), started as ``python -c BOOTSTRAP``; either way with
+one end of a socketpair on fd ``argv[1]``. The worker is lowered to ``SCHED_IDLE`` before it
+does anything (the bootstrap: before any import), so importing onnxruntime, creating the
+session and warming up only ever use CPU the serving processes leave idle (session creation holds the GIL and the CPU in long chunks: inside
 the serving process it stalled live requests by up to ~140 ms on a 2-core box). When the parent
 says ``promote`` the worker raises every one of its threads (ORT's pool threads inherited the
 idle policy) back to ``SCHED_OTHER`` and then takes traffic.
