@@ -4,10 +4,11 @@ Forked by :mod:`.forkserver` (NumPy and onnxruntime already imported), or, where
 must be set before exec (``LD_PRELOAD``), started as ``python -c BOOTSTRAP``; either way with
 one end of a socketpair on fd ``argv[1]``. The worker is lowered to ``SCHED_IDLE`` before it
 does anything (the bootstrap: before any import), so importing onnxruntime, creating the
-session and warming up only ever use CPU the serving processes leave idle (session creation holds the GIL and the CPU in long chunks: inside
-the serving process it stalled live requests by up to ~140 ms on a 2-core box). When the parent
-says ``promote`` the worker raises every one of its threads (ORT's pool threads inherited the
-idle policy) back to ``SCHED_OTHER`` and then takes traffic.
+session and warming up only ever use CPU the serving processes leave idle (session creation
+holds the GIL and the CPU in long chunks: inside the serving process it stalled live requests
+by up to ~140 ms on a 2-core box). When the parent says ``promote`` the worker raises every one
+of its threads (ORT's pool threads inherited the idle policy) back to ``SCHED_OTHER`` and then
+takes traffic.
 
 Protocol (pickled tuples over a :class:`multiprocessing.connection.Connection`):
 
