@@ -30,6 +30,7 @@ import numpy as np
 PHASES = ["publishing", "waiting", "loading", "warming", "switching", "draining", "stopping",
           "releasing", "after"]
 FIRST_N = 20
+WORST = 12  # the slowest requests of every window: their phase and how far into it
 
 
 def read_steps(log: Path) -> list[dict[str, Any]]:
@@ -104,6 +105,7 @@ def breakdown(records: list[tuple[float, float, bool]], windows: list[tuple[floa
     durations: dict[str, list[float]] = {p: [] for p in PHASES}
     fronts: dict[str, list[float]] = {p: [] for p in PHASES}
     workers: dict[str, list[float]] = {p: [] for p in PHASES}
+    placed: list[tuple[float, str, float]] = []  # latency, phase, ms into the phase
     for window, done in zip(windows, published, strict=True):
         def inside(step: dict[str, Any], w: tuple[float, float] = window) -> bool:
             return w[0] <= step["marks"][0][1] - offset <= w[1]
@@ -114,7 +116,9 @@ def breakdown(records: list[tuple[float, float, bool]], windows: list[tuple[floa
             durations[name].append((stop - start) * 1e3)
             fronts[name].append(cpu[0] * 1e3)
             workers[name].append(cpu[1] * 1e3)
-            latencies[name].extend(lat for at, lat, ok in records if ok and start <= at < stop)
+            inside_phase = [(at, lat) for at, lat, ok in records if ok and start <= at < stop]
+            latencies[name].extend(lat for _, lat in inside_phase)
+            placed.extend((lat, name, (at - start) * 1e3) for at, lat in inside_phase)
         if switch is not None:
             after = sorted((at, lat) for at, lat, ok in records if ok and at >= switch)
             latencies[f"first_{FIRST_N}"].extend(lat for _, lat in after[:FIRST_N])
@@ -131,6 +135,8 @@ def breakdown(records: list[tuple[float, float, bool]], windows: list[tuple[floa
             out[name]["duration_ms"] = round(float(np.median(durations[name])), 1)
             out[name]["front_cpu_ms"] = round(float(np.median(fronts[name])), 1)
             out[name]["worker_cpu_ms"] = round(float(np.median(workers[name])), 1)
+    out["worst"] = {"requests": [[round(lat * 1e3, 1), name, round(into, 1)]
+                                 for lat, name, into in sorted(placed, reverse=True)[:WORST]]}
     return out
 
 
@@ -138,6 +144,10 @@ def report(phases: dict[str, dict[str, Any]]) -> None:
     print(f"{'phase':12}{'requests':>9}{'p50':>8}{'p99':>8}{'max':>8}{'dur ms':>9}"
           f"{'front':>9}{'workers':>9}   (median duration and CPU ms per update)")
     for name, row in phases.items():
+        if name == "worst":
+            print("slowest (ms, phase, ms into it): " + ", ".join(
+                f"{lat} {phase}+{into:.0f}" for lat, phase, into in row["requests"]))
+            continue
         cells = [row.get(k) for k in ("requests", "p50_ms", "p99_ms", "max_ms",
                                        "duration_ms", "front_cpu_ms", "worker_cpu_ms")]
         widths = [9, 8, 8, 8, 9, 9, 9]

@@ -12,8 +12,8 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from onnx import TensorProto, helper, numpy_helper
 
+from modelmint._onnx_check import MODEL, TENSOR, TENSOR_PATHS
 from modelmint._repository import check_external_data
-from modelmint._repository.onnx_check import MODEL, TENSOR, TENSOR_PATHS
 from modelmint.errors import RepositoryError
 
 

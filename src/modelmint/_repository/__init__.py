@@ -1,6 +1,7 @@
 """The versioned model repository: ``REPO/<model>/<version>/``, in a folder or in S3-compatible
 object storage (``s3://bucket/prefix``, :mod:`.s3_repository`)."""
 
+from .._onnx_check import check_external_data
 from .config import CONFIG_FILE, BatchingConfig, ModelConfig, VersionPolicy
 from .metadata import (
     METADATA_FILE,
@@ -13,7 +14,6 @@ from .metadata import (
     TensorInputSpec,
     TensorSpec,
 )
-from .onnx_check import check_external_data
 from .store import (
     Ignored,
     ModelRepository,

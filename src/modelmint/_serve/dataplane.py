@@ -30,6 +30,7 @@ from ..errors import DeadlineExceeded, InvalidInput, ModelNotReady, NotFound, Re
 from .batching import DynamicBatcher, request_timeout_s
 from .decoding import DecodeBudget, decode_pool, started_pool
 from .executors import Executor, ProcessExecutor, ThreadExecutor
+from .gaps import LOADERS
 from .instances import GAVE_UP, InstancePool
 from .lifecycle import FAILED, READY, SERVING, UNLOADED, Lifecycle, Servable
 from .metrics import Metrics, observed
@@ -295,6 +296,7 @@ class DataPlane:
                     request: InferRequest) -> InferResponse:
         arrived = time.monotonic()
         s = self._acquire(model, version)  # cheap: unknown models fail without a thread hop
+        LOADERS.enter()  # loading workers wait for the next gap
         try:
             assert s.model is not None
             loop = asyncio.get_running_loop()
@@ -333,6 +335,7 @@ class DataPlane:
             return response
         finally:
             s.inflight -= 1
+            LOADERS.leave()
 
     def _acquire(self, model: str, version: int | None) -> Servable:
         """The servable, counted in flight so draining waits for this request."""

@@ -31,6 +31,7 @@ import numpy as np
 from .._tensor_names import PROBABILITIES
 from ..errors import ModelNotReady, RepositoryError
 from .forkserver import IDLE_ARG, WORKER_ENV, Forked, fork_worker
+from .gaps import LOADERS
 from .torch_runner import needs_torch
 from .types import GraphTensors, Outputs
 from .worker import BOOTSTRAP, can_raise_priority, graph_tensors, run_session
@@ -186,8 +187,10 @@ class ProcessExecutor:
         self._grace.daemon = True
         if self.idle:
             self._grace.start()
+            LOADERS.add(self.proc)  # only in the gaps between live requests
 
     def _not_ready_in_time(self) -> None:
+        LOADERS.remove(self.proc)
         log.warning("%s: not ready after %.0f s at idle priority (the CPU is saturated); "
                     "raising it to normal priority", self.what, IDLE_GRACE_S)
         raise_priority(self.proc.pid)
@@ -205,6 +208,7 @@ class ProcessExecutor:
 
     def promote(self) -> None:
         self._grace.cancel()
+        LOADERS.remove(self.proc)
         self._send(("promote",))
         if not self._promoted.result(10):
             log.warning("%s: could not raise the worker back to SCHED_OTHER", self.what)
@@ -250,6 +254,7 @@ class ProcessExecutor:
                     self._answer(message)
         except (EOFError, OSError):
             pass
+        LOADERS.remove(self.proc)
         reason = self._exit_reason()
         with self._lock:
             self.dead = reason
@@ -311,6 +316,7 @@ class ProcessExecutor:
         """Stop the worker (its in-flight requests have drained before this is called)."""
         self._closing = True
         self._grace.cancel()
+        LOADERS.remove(self.proc)
         # Drained: tearing down its session (freeing ~100 MB) only gets idle CPU, like loading.
         # Not once it has been reaped: its pid may already name another process.
         if self.proc.returncode is None:

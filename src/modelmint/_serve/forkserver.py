@@ -93,10 +93,13 @@ class Forked:
         assert self.returncode is not None
         return self.returncode
 
-    def kill(self) -> None:
+    def send_signal(self, sig: int) -> None:
         with self._lock, contextlib.suppress(ProcessLookupError):
             if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
     def _exited(self, code: int, lost: bool = False) -> None:
         with self._lock:
@@ -245,19 +248,15 @@ def close_shared() -> None:
 
 def serve(fd: int) -> None:
     control = socket.socket(fileno=fd)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through the pipe
+    # A child's exit is seen through its pidfd, not SIGCHLD: stopping and continuing a loading
+    # worker (see gaps.py) would wake this process twice per live request.
+    children: dict[int, int] = {}  # pidfd -> pid
     preload()
     gc.freeze()
     while True:
-        readable, _, _ = select.select([fd, wake_r], [], [])
-        if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 4096)
-            if not _reap(control):
+        readable, _, _ = select.select([fd, *children], [], [])
+        for pidfd in readable:
+            if pidfd != fd and not _reap(control, children.pop(pidfd), pidfd):
                 return
         if fd in readable:
             try:
@@ -266,7 +265,7 @@ def serve(fd: int) -> None:
                 return
             if not data:
                 return  # the server is gone
-            if not _fork(control, (wake_r, wake_w), fds, json.loads(data)[1]):
+            if not _fork(control, children, fds, json.loads(data)[1]):
                 return
 
 
@@ -286,20 +285,14 @@ def _send(control: socket.socket, message: list[Any]) -> bool:
         return False  # the server is gone
 
 
-def _reap(control: socket.socket) -> bool:
-    while True:
-        try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
-            return True
-        if pid == 0:
-            return True
-        if not _send(control, ["exited", pid, os.waitstatus_to_exitcode(status),
-                               usage.ru_utime + usage.ru_stime]):
-            return False
+def _reap(control: socket.socket, pid: int, pidfd: int) -> bool:
+    os.close(pidfd)
+    _, status, usage = os.wait4(pid, 0)  # it has exited: does not block
+    return _send(control, ["exited", pid, os.waitstatus_to_exitcode(status),
+                           usage.ru_utime + usage.ru_stime])
 
 
-def _fork(control: socket.socket, wake: tuple[int, int], fds: list[int],
+def _fork(control: socket.socket, children: dict[int, int], fds: list[int],
           argv: list[str]) -> bool:
     if len(fds) != 1:
         for fd in fds:
@@ -311,20 +304,20 @@ def _fork(control: socket.socket, wake: tuple[int, int], fds: list[int],
         os.close(fds[0])
         return _send(control, ["error", str(exc)])
     if pid == 0:
-        _child(control, wake, fds[0], argv)
+        _child(control, children, fds[0], argv)
     os.close(fds[0])
+    children[os.pidfd_open(pid)] = pid  # a zombie until reaped: never fails
     return _send(control, ["forked", pid])
 
 
-def _child(control: socket.socket, wake: tuple[int, int], fd: int, argv: list[str]) -> None:
+def _child(control: socket.socket, children: dict[int, int], fd: int, argv: list[str]
+           ) -> None:
     """The worker: never returns."""
     code = 0
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control.close()
-        for end in wake:
-            os.close(end)
+        for pidfd in children:  # its siblings'
+            os.close(pidfd)
         # The fork server runs at normal priority; a worker that loads beside live requests
         # only takes idle CPU (see worker.py).
         policy = os.SCHED_IDLE if argv[IDLE_ARG] == "1" else os.SCHED_OTHER

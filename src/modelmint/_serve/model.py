@@ -26,14 +26,12 @@ from .._repository import (
     ModelMetadata,
     TensorSpec,
     VersionRef,
-    check_external_data,
 )
 from .._repository.metadata import input_shape
 from .._tensor_names import PROBABILITIES, TENSOR_INPUT
 from ..errors import InvalidInput, MintError, RepositoryError
 from .codec import decode_request
 from .detection import LABELS_PARAMETER, Detector
-from .torch_runner import needs_torch
 from .types import (
     BYTES,
     GraphTensors,
@@ -69,8 +67,6 @@ class LoadedModel:
         self.name = ref.model
         self.version = ref.version
         self.metadata: ModelMetadata = ref.metadata()
-        if not needs_torch(ref.path):  # a partitioned program has no model.onnx to check
-            check_external_data(ref.path / ONNX_FILE)  # before any runtime opens the graph
         self.labels = list(self.metadata.labels)
         self.spec = self.metadata.preprocessing
         self.max_batch_size = max_batch_size

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .._onnx_check import check_external_data
 from .._tensor_names import TENSOR_INPUT
 from ..errors import RepositoryError
 from .types import ONNX_DATATYPES, GraphTensors
@@ -101,6 +102,9 @@ def _session(onnx: str, threads: int, arena: bool, torch: bool) -> Any:
         from .torch_runner import TorchSession  # imports torch only when needed
 
         return TorchSession(Path(onnx).parent, threads)
+    # Before onnxruntime opens the graph; here, in the worker that loads at idle priority,
+    # rather than in the front end: walking the file is 2-6 ms of Python holding the GIL.
+    check_external_data(Path(onnx))
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RepositoryError
+from .errors import RepositoryError
 
 # The messages of onnx.proto on a path from the model to a tensor, as message -> {field number:
 # message that field holds}. Field numbers never change (protobuf's compatibility rule).
