@@ -17,7 +17,7 @@ import pytest
 
 from modelmint._repository import ONNX_FILE
 from modelmint._serve import DataPlane, forkserver
-from modelmint._serve.executors import ProcessExecutor
+from modelmint._serve.executors import JEMALLOC, ProcessExecutor
 from modelmint._serve.forkserver import BOOTSTRAP
 
 BATCH = np.zeros((1, 3, 224, 224), np.float32)
@@ -130,3 +130,17 @@ def test_the_fork_server_imports_nothing_a_worker_does_not_use() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_worker_with_another_allocator_is_started_afresh(onnx: Path) -> None:
+    """An allocator is chosen before exec (``LD_PRELOAD``): such a worker cannot be forked."""
+    if not JEMALLOC.is_file():
+        pytest.skip(f"{JEMALLOC} is not installed")
+    executor = ProcessExecutor(onnx, 224, "jemalloc", jemalloc=True)
+    try:
+        assert executor.run(BATCH).result(30)["probabilities"].shape == (1, 2)
+        assert parent_of(executor.pid) == os.getpid()
+        assert "libjemalloc" in Path(f"/proc/{executor.pid}/maps").read_text()
+    finally:
+        executor.close()
+    assert executor.proc.returncode == 0
