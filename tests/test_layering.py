@@ -20,7 +20,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # (layer name, the top-level packages and modules in it): lowest first. ``__init__`` is the
 # package's own ``modelmint/__init__.py``; a pattern matches the names it covers.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("bottom", ("errors", "_tensor_names", "_settings*")),
+    ("bottom", ("errors", "_tensor_names", "_onnx_check", "_settings*")),
     ("_data", ("_data",)),
     ("_repository", ("_repository",)),
     ("_serve", ("_serve",)),
