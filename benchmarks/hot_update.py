@@ -24,11 +24,11 @@ down phase by phase (``_phases.py``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import queue
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,8 +42,9 @@ import numpy as np
 
 from _common import own_tree
 from _mlserver import MODEL_NAME, free_port, start_mlserver, stop
-from _phases import UnloadWatch, breakdown, read_steps
+from _phases import breakdown, read_steps
 from _phases import report as report_phases
+from _publish import Publisher, publish_copy
 from serving_throughput import Sender, grpc_sender, http_sender, start_ours
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera" / "val"
@@ -63,50 +64,6 @@ def export(root: Path) -> Path:
                          preprocessing=ImageSpec())
     return publish_classifier(ModelRepository(root), model, meta, {},
                          [p.read_bytes() for p in images]).path
-
-
-def publish_copy(repo: Path, source: Path) -> int:
-    """A new version with the same files, the weights as hard links (the server reads them as
-    new files all the same), as MLServer's updates get: copying 9 MB of ``model.safetensors``
-    (which serving never reads) made every publish a stall of its own."""
-    from modelmint._repository import ModelRepository
-
-    def link_or_copy(src: str, dst: str) -> None:
-        weights = src.endswith((".onnx", ".safetensors"))
-        (os.link if weights else shutil.copy2)(src, dst)  # small files: copies
-
-    def write(tmp: Path, version: int) -> None:
-        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
-
-    return ModelRepository(repo).publish(MODEL_NAME, write).version
-
-
-class Publisher:
-    """Publishes from a process of its own, as a training job would: publishing from this
-    process, whose threads send the requests, made them wait for the GIL (requests sent
-    during a 20 ms publish had a p99 of 31 ms)."""
-
-    def __init__(self, repo: Path, source: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--publisher", str(repo), str(source)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def __call__(self) -> int:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("publish\n")
-        self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(30)
-
-
-def serve_publishes(repo: Path, source: Path) -> None:
-    """``--publisher REPO SOURCE``: one published version per line read, its number printed."""
-    for _ in sys.stdin:
-        print(publish_copy(repo, source), flush=True)
 
 
 def busy_cpu_seconds() -> float:
@@ -143,28 +100,18 @@ class Server:
         self.name, self.url, self.update, self.sender = name, url, update, sender
 
 
-def ours_update(publish: Callable[[], int], log: Path, serving: int
-                ) -> Callable[[], float | None]:
-    """Publish a new version; wait until the one ``serving`` is unloaded; returns when the
+def ours_update(publisher: Publisher, serving: int) -> Callable[[], float | None]:
+    """Publish a new version and return once the one ``serving`` is unloaded, with when the
     publish itself was over (our own work in the window, before the server has any to do).
 
-    Nothing here asks the server: an HTTP client made in this process (which also sends the
-    requests) loads its TLS certificates with the GIL held, and asking for the repository
-    index every few ms would add load of our own to the window. The server's log says when
-    a version is unloaded."""
+    Nothing here asks the server, nor reads its log: an HTTP client made in this process
+    loads its TLS certificates with the GIL held, and asking for the repository index every
+    few ms would add load of our own to the window. The publisher process waits instead."""
     current = [serving]
-    unloaded = UnloadWatch(log, MODEL_NAME)
 
     def update() -> float | None:
-        new = publish()
-        published = time.perf_counter()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if current[0] in unloaded():
-                current[0] = new
-                return published
-            time.sleep(0.02)
-        raise RuntimeError("the update did not finish within 60 s")
+        current[0], published = publisher(current[0])
+        return published
     return update
 
 
@@ -237,15 +184,24 @@ def segment(server: Server, rate: float, seconds: float, interval: float,
 
     threads = [threading.Thread(target=send_loop) for _ in range(senders)]
     updater = threading.Thread(target=update_loop)
-    for t in [*threads, updater]:
-        t.start()
-    count = int(seconds * rate)
-    for i in range(count):
-        schedule.put(start + i / rate)
-    for _ in threads:
-        schedule.put(None)
-    for t in [*threads, updater]:
-        t.join()
+    # This process's own pauses would count as the server's latency: a full collection walks
+    # every record so far (tens of thousands of tuples) with the GIL held.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        for t in [*threads, updater]:
+            t.start()
+        count = int(seconds * rate)
+        for i in range(count):
+            schedule.put(start + i / rate)
+        for _ in threads:
+            schedule.put(None)
+        for t in [*threads, updater]:
+            t.join()
+    finally:
+        gc.enable()
+        gc.unfreeze()
     steady = [lat for at, lat, ok in records if ok and at > start + 2
               and not any(a <= at <= b for a, b in windows)]
     update = [lat for at, lat, ok in records if ok and any(a <= at <= b for a, b in windows)]
@@ -273,9 +229,6 @@ def summarize(parts: list[dict[str, Any]], rate: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--publisher"]:
-        serve_publishes(Path(sys.argv[2]), Path(sys.argv[3]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=300.0,
                         help="seconds per server and run")
@@ -298,15 +251,15 @@ def main() -> None:
         source = export(work / "source")
         repo = work / "repo"
         first = publish_copy(repo, source)
-        publisher = Publisher(repo, source)
-        closers.append(publisher.close)
         log = work / "ours.log"
         proc, url = start_ours(repo, log, "--metrics-port", "-1", "--poll", "0.5",
                                "--log-level", "info")
         procs.append(proc)
+        publisher = Publisher(repo, source, log)
+        closers.append(publisher.close)
         # Each server with the client its users would use (see serving_throughput.py): ours
         # tritonclient.http with binary tensors; MLServer (no binary HTTP extension) gRPC.
-        servers = [Server("ours", url, ours_update(publisher, log, first),
+        servers = [Server("ours", url, ours_update(publisher, first),
                           lambda: http_sender(url))]
         if not args.no_mlserver:
             port, grpc_port = free_port(), free_port()
