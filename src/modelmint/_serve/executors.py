@@ -30,7 +30,7 @@ import numpy as np
 
 from .._tensor_names import PROBABILITIES
 from ..errors import ModelNotReady, RepositoryError
-from .forkserver import IDLE_ARG, WORKER_ENV, Forked, fork_worker
+from .forkserver import IDLE_ARG, WORKER_ENV, Forked, fork_worker, wait_or_kill
 from .gaps import LOADERS
 from .torch_runner import needs_torch
 from .types import GraphTensors, Outputs
@@ -322,11 +322,7 @@ class ProcessExecutor:
         if self.proc.returncode is None:
             raise_priority(self.proc.pid, os.SCHED_IDLE)
         self._send(("stop",))
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 5)
         self.conn.close()
         if threading.current_thread() is not self._reader:
             self._reader.join(5)

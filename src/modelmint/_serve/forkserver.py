@@ -187,12 +187,17 @@ class ForkServer:
         """Stop the fork server (workers it forked stay until their own sockets close)."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 10)
         self._sock.close()
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes] | Forked, timeout_s: float) -> None:
+    """Give ``proc`` ``timeout_s`` to exit, then kill it."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _watch_orphans(orphans: list[Forked]) -> None:
