@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,30 @@ def test_a_worker_with_another_allocator_is_started_afresh(onnx: Path) -> None:
     finally:
         executor.close()
     assert executor.proc.returncode == 0
+
+
+def test_a_worker_that_exits_at_once_is_still_handed_over(fresh: None) -> None:
+    """Its exit may be read before the caller picks up the fork's reply."""
+    server = forkserver.ForkServer()
+    replies = server._replies
+
+    class SlowReplies:  # the caller wakes up late: the exit is read meanwhile
+        def put(self, item: object) -> None:
+            replies.put(item)  # type: ignore[arg-type]
+
+        def get(self, timeout: float | None = None) -> object:
+            item = replies.get(timeout=timeout)
+            time.sleep(0.5)
+            return item
+
+    server._replies = SlowReplies()  # type: ignore[assignment]
+    ours, theirs = socket.socketpair()
+    try:
+        # No shared memory to map: the worker says so and exits at once.
+        child = server.fork(theirs.fileno(), ["/nowhere.onnx", "/nowhere-shm", "0", "0", "1",
+                                              "1", "0", "[]", "0"])
+        assert child.wait(10) == 0
+        assert "cannot map the shared memory" in str(Connection(ours.detach()).recv())
+    finally:
+        server.close()
+        theirs.close()

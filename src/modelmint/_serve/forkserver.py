@@ -154,7 +154,8 @@ class ForkServer:
             raise ForkServerGone(self.dead or "the fork server exited")
         if reply[0] != "forked":
             raise OSError(f"the fork server could not fork a worker: {reply[1]}")
-        return self._children[reply[1]]
+        forked: Forked = reply[1]
+        return forked
 
     def _read(self) -> None:
         while True:
@@ -166,13 +167,15 @@ class ForkServer:
                 break
             message = json.loads(data)
             if message[0] == "forked":
-                self._children[message[1]] = Forked(message[1])
-                self._replies.put(message)
+                # The handle itself goes with the reply: a worker that dies at once is out of
+                # _children again before the caller could look it up there.
+                child = self._children[message[1]] = Forked(message[1])
+                self._replies.put(["forked", child])
             elif message[0] == "exited":
                 ForkServer.reaped_cpu_s += message[3]
-                child = self._children.pop(message[1], None)
-                if child is not None:
-                    child._exited(message[2])
+                gone = self._children.pop(message[1], None)
+                if gone is not None:
+                    gone._exited(message[2])
             else:
                 self._replies.put(message)
         code = self.proc.wait()
