@@ -5,10 +5,10 @@ of those on disk. :meth:`Lifecycle.reconcile` (called at startup, by the poll th
 repository API) loads what is missing and unloads what is no longer wanted, always in this
 order, on a loader thread, never on the request path:
 
-1. LOADING: metadata, the executors (``instances`` worker processes at SCHED_IDLE, see
-   :mod:`.worker` and :mod:`.instances`);
-2. WARMING: replay ``warmup/`` on each until the median latency of the last 5 runs is within
-   10% of the 5 before (at most 10 s), so lazy initialisation never lands on live requests;
+1. LOADING: metadata, the executors (``instances`` forked workers at SCHED_IDLE, run only in
+   the gaps between live requests: :mod:`.forkserver`, :mod:`.gaps`, :mod:`.instances`);
+2. WARMING: replay ``warmup/`` on each until the runs stop getting faster (:mod:`.warmup`),
+   so that lazy initialisation never lands on live requests;
 3. READY: the workers are raised to normal priority, then the served set is replaced in one
    assignment (the atomic switch);
 4. the versions no longer wanted go DRAINING (no new requests, in-flight ones finish), then
