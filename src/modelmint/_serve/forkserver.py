@@ -84,9 +84,6 @@ class Forked:
         except ProcessLookupError:  # already gone: its "exited" message is on its way
             self._pidfd = None
 
-    def poll(self) -> int | None:
-        return self.returncode
-
     def wait(self, timeout: float | None = None) -> int:
         if not self._done.wait(timeout):
             raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
